@@ -1,0 +1,19 @@
+"""effnet: EfficientNet-CondConv and knapsack-pruned EfficientNet for PyTorch.
+
+    import effnet
+    model = effnet.create_model("tf_efficientnet_cc_b0_4e", pretrained=True).eval()
+"""
+
+from .config import ModelConfig
+from .errors import CheckpointError, EffnetError, PretrainedUnavailableError, UnknownModelError
+from .flops import count_macs
+from .model import EfficientNet, EfficientNetFeatures
+from .registry import build_model, create_model, get_config, list_models, model_info
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError", "EfficientNet", "EfficientNetFeatures", "EffnetError", "ModelConfig",
+    "PretrainedUnavailableError", "UnknownModelError", "build_model", "count_macs", "create_model",
+    "get_config", "list_models", "model_info",
+]

@@ -1,0 +1,102 @@
+"""Reading weight files and loading them into a model, with errors that say what does not fit."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError
+
+# Where training scripts keep the weights inside a checkpoint dict, most preferred first.
+STATE_DICT_ENTRIES = ("state_dict_ema", "model_ema", "state_dict", "model")
+# Prefixes that wrappers (DistributedDataParallel, torch.compile) add to every key.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def read_state_dict(path: str | os.PathLike, use_ema: bool = True) -> dict[str, Tensor]:
+    """Read a .safetensors, .pth, .pth.tar or .bin file into a plain state dict.
+
+    Pickle files go through `torch.load(weights_only=True)`, which refuses anything that would
+    run code. Training checkpoints are unwrapped (EMA weights first unless `use_ema=False`) and
+    `module.` / `_orig_mod.` prefixes are stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            obj: object = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: {e}") from None
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"refused to load {str(path)!r}: it is not a plain weights file "
+                                  f"(weights_only=True rejected it: {first})") from None
+        except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint "
+                                  f"(truncated or another format?): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return extract_state_dict(obj, str(path), use_ema)
+
+
+def extract_state_dict(obj: object, source: str = "checkpoint", use_ema: bool = True) -> dict[str, Tensor]:
+    """The tensor dict inside a loaded checkpoint object, with wrapper prefixes stripped."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source} holds a {type(obj).__name__}, not a state dict")
+    entries = STATE_DICT_ENTRIES if use_ema else STATE_DICT_ENTRIES[2:]
+    for key in entries:
+        if isinstance(obj.get(key), Mapping) and obj[key]:
+            obj = obj[key]
+            break
+    sd = {}
+    for k, v in obj.items():
+        if not isinstance(v, Tensor):
+            continue
+        for prefix in WRAPPER_PREFIXES:
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        sd[k] = v
+    if not sd:
+        raise CheckpointError(f"{source} contains no tensors (keys: {', '.join(map(str, list(obj)[:8]))})")
+    return sd
+
+
+def _listing(items: list[str], limit: int = 20) -> str:
+    shown = "\n  ".join(items[:limit])
+    more = f"\n  ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"\n  {shown}{more}"
+
+
+def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "checkpoint",
+                         strict: bool = True) -> None:
+    """Copy `state_dict` into `model`; on any mismatch, one error listing every bad key.
+
+    Shape mismatches are always errors; missing or unexpected keys only when `strict`.
+    """
+    own = model.state_dict()
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    problems = []
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es):{_listing(mismatched)}")
+    if strict and missing:
+        problems.append(f"{len(missing)} key(s) missing from the checkpoint:{_listing(missing)}")
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) in the checkpoint:{_listing(unexpected)}")
+    if problems:
+        name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
+        raise CheckpointError(f"{source} does not fit {name}: " + "; ".join(problems))
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)

@@ -1,0 +1,17 @@
+"""Exceptions effnet raises for bad input; each message names the thing at fault."""
+
+
+class EffnetError(Exception):
+    """Base class: the CLI prints these as one line instead of a traceback."""
+
+
+class UnknownModelError(EffnetError, ValueError):
+    """A model name that is not registered."""
+
+
+class CheckpointError(EffnetError, ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+class PretrainedUnavailableError(EffnetError, RuntimeError):
+    """Pretrained weights that could not be found or fetched from any source."""

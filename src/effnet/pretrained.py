@@ -1,0 +1,62 @@
+"""Pretrained weights: finding the published file and fitting it to the model asked for."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import read_state_dict
+from .config import ModelConfig
+from .errors import PretrainedUnavailableError
+
+
+def fetch_pretrained(cfg: ModelConfig) -> Path:
+    """A local path to the variant's pretrained weights."""
+    if cfg.pretrained.file:
+        return Path(cfg.pretrained.file).expanduser()
+    raise PretrainedUnavailableError(
+        f"no pretrained weights for {cfg.name}: pass a local file with "
+        f"pretrained_cfg_overlay=dict(file=PATH) or checkpoint_path=PATH")
+
+
+def adapt_state_dict(state_dict: dict[str, Tensor], model: nn.Module, cfg: ModelConfig,
+                     num_classes: int | None, in_chans: int) -> dict[str, Tensor]:
+    """Fit published weights to a model with another class count or input channel count.
+
+    A different class count keeps the model's freshly initialised classifier (with a warning);
+    another channel count adapts the RGB stem: summed for 1 channel, repeated and rescaled for more.
+    """
+    sd = dict(state_dict)
+    own = model.state_dict()
+    if num_classes is not None and num_classes != cfg.pretrained.num_classes and "classifier.weight" in own:
+        warnings.warn(f"{cfg.name}: num_classes={num_classes} differs from the pretrained "
+                      f"{cfg.pretrained.num_classes}; the classifier is freshly initialised", stacklevel=3)
+        for key in ("classifier.weight", "classifier.bias"):
+            sd[key] = own[key]
+    if num_classes == 0:
+        sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
+    stem = sd.get("conv_stem.weight")
+    if stem is not None and in_chans != stem.shape[1]:
+        sd["conv_stem.weight"] = adapt_input_conv(stem, in_chans)
+    return sd
+
+
+def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
+    """(O, 3, k, k) RGB kernel -> (O, in_chans, k, k) with the same response to a grey image."""
+    if in_chans == 1:
+        return weight.sum(1, keepdim=True)
+    repeats = -(-in_chans // weight.shape[1])
+    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
+
+
+def load_pretrained(model: nn.Module, cfg: ModelConfig, num_classes: int | None = None,
+                    in_chans: int = 3) -> None:
+    """Fetch the variant's published weights and load them into `model`."""
+    from .registry import load_weights
+    path = fetch_pretrained(cfg)
+    sd = adapt_state_dict(read_state_dict(path), model, cfg, num_classes, in_chans)
+    with torch.no_grad():
+        load_weights(model, sd, str(path))
