@@ -27,6 +27,11 @@ def synthetic_state_dict(manifest: list[tuple[str, list[int]]], seed: int = 0) -
             sd[key] = 0.1 * torch.randn(shape, generator=g)
         elif name == "running_var":
             sd[key] = 0.5 + torch.rand(shape, generator=g)
+        elif re.search(r"^blocks\.\d+\.\d+\.bn3\.weight$", key) or (
+                re.search(r"^blocks\.0\.\d+\.bn2\.weight$", key)):
+            # a block's last BatchNorm scales its residual branch: small, as in trained networks,
+            # so rounding differences are not amplified from block to block
+            sd[key] = 0.2 + 0.3 * torch.rand(shape, generator=g)
         elif re.search(r"(^|\.)bn\d\.weight$", key):
             sd[key] = 0.5 + torch.rand(shape, generator=g)
         elif name == "bias":

@@ -44,9 +44,10 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = True) -> dict[str, 
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"refused to load {str(path)!r}: it is not a plain weights file "
                                   f"(weights_only=True rejected it: {first})") from None
-        except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        except Exception as e:  # torch.load fails on foreign bytes in many ways (IndexError, EOFError, ...)
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint "
-                                  f"(truncated or another format?): {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                                  f"(truncated or another format?): {detail}") from None
     return extract_state_dict(obj, str(path), use_ema)
 
 

@@ -197,5 +197,7 @@ class ModelConfig:
             d["pretrained"] = PretrainedCfg(**{k: tuple(v) if isinstance(v, list) else v
                                                for k, v in d["pretrained"].items()})
         if d.get("info") is not None:
-            d["info"] = ModelInfo(**d["info"])
+            info = dict(d["info"])
+            info["recipe"] = {k: tuple(v) if isinstance(v, list) else v for k, v in info.get("recipe", {}).items()}
+            d["info"] = ModelInfo(**info)
         return cls(**d)
