@@ -198,9 +198,7 @@ class EfficientNetFeatures(nn.Module):
         self.blocks = build_stages(cfg, drop_path_rate)
         self._stage_of_level = [levels[i] for i in self.out_indices]
         specs = cfg.blocks()
-        reductions = [2] * len(cfg.stages)
-        for s in range(len(cfg.stages)):
-            reductions[s] = (reductions[s - 1] if s else 2) * cfg.stages[s].stride
+        reductions = [2 * math.prod(st.stride for st in cfg.stages[:s + 1]) for s in range(len(cfg.stages))]
         self.feature_info = FeatureInfo([
             dict(num_chs=[b.out_chs for b in specs if b.stage == s][-1], reduction=reductions[s],
                  module=f"blocks.{s}", index=i)
@@ -215,5 +213,6 @@ class EfficientNetFeatures(nn.Module):
         check_input(x, self.in_chans, self.cfg.name)
         x = F.silu(self.bn1(self.conv_stem(x)))
         use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
-        outs = _run_stages(self.blocks, x, use_ckpt)
+        # stages after the deepest requested level are not run
+        outs = _run_stages(self.blocks[:max(self._stage_of_level) + 1], x, use_ckpt)
         return [outs[s] for s in self._stage_of_level]

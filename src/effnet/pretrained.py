@@ -8,18 +8,55 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from . import hub
 from .checkpoint import read_state_dict
 from .config import ModelConfig
 from .errors import PretrainedUnavailableError
 
 
 def fetch_pretrained(cfg: ModelConfig) -> Path:
-    """A local path to the variant's pretrained weights."""
-    if cfg.pretrained.file:
-        return Path(cfg.pretrained.file).expanduser()
+    """A local path to the variant's pretrained weights, fetching them if needed.
+
+    Sources, in order: `pretrained.file` (a local file, set through pretrained_cfg_overlay);
+    the Hugging Face hub repo `pretrained.hf_hub_id` (model.safetensors, then pytorch_model.bin,
+    through huggingface_hub's cache); then `pretrained.url`, downloaded into torch's hub
+    checkpoint folder and checked against the sha256 prefix in its name. Raises
+    PretrainedUnavailableError listing every source tried and why it failed.
+    """
+    p = cfg.pretrained
+    if p.file:
+        path = Path(p.file).expanduser()
+        if not path.is_file():
+            raise PretrainedUnavailableError(
+                f"pretrained weights for {cfg.name}: pretrained_cfg_overlay file {str(path)!r} "
+                f"does not exist or is not a file")
+        return path
+    tried = ["file: not set (pretrained_cfg_overlay=dict(file=PATH))"]
+    if p.hf_hub_id:
+        found, failures = hub.hf_hub_weights(p.hf_hub_id)
+        if found is not None:
+            return found
+        tried.append(f"Hugging Face hub {p.hf_hub_id}: " + "; ".join(failures))
+    else:
+        tried.append("Hugging Face hub: no hf_hub_id")
+    if p.url:
+        try:
+            return hub.download_url(p.url)
+        except hub.DownloadError as e:
+            tried.append(f"url {p.url}: {e}")
+    else:
+        tried.append("url: not set")
+    hf_cache = hub.hub_cache_dir()
+    folders = [f"torch hub checkpoints {hub.checkpoint_dir()} (TORCH_HOME)"]
+    if hf_cache is not None:
+        folders.insert(0, f"Hugging Face cache {hf_cache} (HF_HOME / HF_HUB_CACHE)")
+    lines = "\n".join(f"  - {t}" for t in tried)
     raise PretrainedUnavailableError(
-        f"no pretrained weights for {cfg.name}: pass a local file with "
-        f"pretrained_cfg_overlay=dict(file=PATH) or checkpoint_path=PATH")
+        f"no pretrained weights for {cfg.name} could be found or downloaded.\n"
+        f"Sources tried:\n{lines}\n"
+        f"Cache folders looked in: {'; '.join(folders)}.\n"
+        f"To use a weights file you already have: create_model({cfg.name!r}, pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file='PATH')) or create_model({cfg.name!r}, checkpoint_path='PATH').")
 
 
 def adapt_state_dict(state_dict: dict[str, Tensor], model: nn.Module, cfg: ModelConfig,
