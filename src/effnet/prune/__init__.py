@@ -1,0 +1,20 @@
+"""Knapsack channel pruning with inner distillation (Aflalo et al., 2020, arXiv 2002.08258).
+
+    groups = channel_groups(model)
+    scores = taylor_importance(model, calibration_batches, groups)
+    small, selection = prune_model(model, scores, 0.5, input_size=(3, 224, 224))
+    criterion = InnerDistillationLoss(small, model, weight=1.0, keep=selection.keep)
+"""
+
+from .distill import InnerDistillationLoss
+from .groups import ChannelGroup, LayerCost, Member, channel_groups, exact_macs, layer_costs
+from .importance import taylor_importance
+from .knapsack import knapsack_dp, knapsack_greedy
+from .select import Selection, prune_model, select_channels
+from .slicing import pruned_config, slice_model, slice_state_dict
+
+__all__ = [
+    "ChannelGroup", "InnerDistillationLoss", "LayerCost", "Member", "Selection", "channel_groups",
+    "exact_macs", "knapsack_dp", "knapsack_greedy", "layer_costs", "prune_model", "pruned_config",
+    "select_channels", "slice_model", "slice_state_dict", "taylor_importance",
+]

@@ -1,0 +1,86 @@
+"""`effnet upcycle`: turn a dense EfficientNet into its CondConv twin (outputs equal at the start),
+optionally fine-tune it with the normal training loop, and save a local-dir: folder."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import EffnetError
+from ..hf_dir import save_hf_dir
+from ..train import TrainConfig, add_train_arguments, build_loaders, evaluate, fit
+from ..train.loop import resolve_device
+from ..upcycle import upcycle
+from .prune import load_source, set_data_config, train_config, write_json
+
+HELP = "build the CondConv twin of a dense model (same outputs at start), fine-tune it, save a local-dir: folder"
+
+UPCYCLE_DEFAULTS = TrainConfig(epochs=0, warmup_epochs=0.0, lr_base=0.01, sched="cosine", smoothing=0.0)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_train_arguments(p, model_required=True)
+    g = p.add_argument_group("upcycling")
+    g.add_argument("--checkpoint", metavar="FILE", help="weights of the dense model (sets the class count)")
+    g.add_argument("--experts", type=int, required=True, metavar="E", help="experts per CondConv layer (>= 2)")
+    g.add_argument("--expert-noise", type=float, default=0.01, metavar="S",
+                   help="zero-sum perturbation of the experts, relative to the kernel's std, so they can "
+                        "specialise (default: 0.01; the mixed kernel is unchanged)")
+    p.epilog = ("--model is a dense model: a registered pruned variant or local-dir:DIR. --output DIR receives "
+                "config.json and model.safetensors (and DIR/train with --epochs N > 0, which needs data). "
+                "Default: --epochs 0 (no fine-tuning).")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, epochs = train_config(args, UPCYCLE_DEFAULTS)
+    if args.experts < 2:
+        raise EffnetError(f"--experts must be >= 2, got {args.experts}")
+    has_data = bool(cfg.dataset or cfg.data_dir)
+    if epochs > 0 and not has_data:
+        raise EffnetError(f"--epochs {epochs} needs training data: give --data-dir DIR or --dataset digits")
+    out = Path(cfg.output).expanduser()
+    device = resolve_device(cfg)
+    torch.manual_seed(cfg.seed)
+    loaders = build_loaders(cfg) if has_data else None
+    classes = loaders[2] if loaders else None
+    dense = load_source(cfg, args.checkpoint, len(classes) if classes else None)
+    if dense.cfg.experts:
+        raise EffnetError(f"{cfg.model} already has CondConv layers ({dense.cfg.experts} experts); "
+                          f"upcycle a dense model")
+    input_size = set_data_config(dense, cfg, dense.num_classes)
+    try:
+        twin = upcycle(dense.eval(), args.experts, noise=args.expert_noise, seed=cfg.seed)
+    except ValueError as e:
+        raise EffnetError(str(e)) from None
+    if loaders is not None:  # real images: random ones can drive a trained model far off its range
+        x = next(iter(loaders[1]))[0][:16]
+    else:
+        x = torch.randn(4, *input_size, generator=torch.Generator().manual_seed(cfg.seed))
+    with torch.no_grad():
+        ref = dense(x)
+        gap = float((twin.eval()(x) - ref).abs().max())
+        rel = gap / max(float(ref.abs().max()), 1e-12)
+    print(f"{twin.cfg.name}: {args.experts} experts in {sum(1 for s in twin.cfg.stages if s.condconv)} stages; "
+          f"max |twin - dense| at init {gap:.2e} ({rel:.1e} of the largest logit)", flush=True)
+    report: dict = dict(model=cfg.model, checkpoint=args.checkpoint, experts=args.experts, epochs=epochs,
+                        max_abs_diff_at_init=gap, rel_diff_at_init=rel, input_size=list(input_size),
+                        params=dict(dense=sum(p.numel() for p in dense.parameters()),
+                                    upcycled=sum(p.numel() for p in twin.parameters())))
+    t0 = time.perf_counter()
+    if loaders is not None:
+        train_loader, val_loader, _ = loaders
+        report["top1_dense"] = evaluate(dense.to(device), val_loader, device=device)["top1"]
+        report["top1_at_init"] = evaluate(twin.to(device), val_loader, device=device)["top1"]
+        if epochs > 0:
+            cfg.class_names = classes
+            fit(twin, train_loader, val_loader, cfg, out / "train")
+            report["top1_fine_tuned"] = evaluate(twin, val_loader, device=device)["top1"]
+        print(", ".join(f"{k} {v:.2f}%" for k, v in report.items() if k.startswith("top1")), flush=True)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    save_hf_dir(twin.cpu().eval(), out, class_names=classes)
+    write_json(out / "upcycle_report.json", report)
+    print(f"done: load it with create_model('local-dir:{out}')", flush=True)
+    return 0
