@@ -1,0 +1,27 @@
+"""`effnet finetune`: start from pretrained weights (or --checkpoint), put a new classifier for the
+data's classes on top, optionally train only that classifier for the first --freeze-epochs."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..train.config import TrainConfig, add_train_arguments
+from ..train.runner import config_for_run, run_training
+
+HELP = "fine-tune pretrained weights on your class folders (new classifier, optional frozen backbone first)"
+
+# Fine-tuning defaults: short, gentle, from the published weights.
+FINETUNE_DEFAULTS = TrainConfig(pretrained=True, epochs=10, warmup_epochs=1.0, lr_base=0.01, sched="cosine")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_train_arguments(p)
+    p.add_argument("--checkpoint", dest="initial_checkpoint", default=argparse.SUPPRESS, metavar="FILE",
+                   help="start from these weights instead of the published ones (a classifier of another "
+                        "size is replaced)")
+    p.add_argument("--freeze-epochs", dest="freeze_epochs", type=int, default=argparse.SUPPRESS, metavar="N",
+                   help="train only the classifier for the first N epochs (default: 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_training(config_for_run(args, FINETUNE_DEFAULTS), finetune=True)
