@@ -5,9 +5,11 @@
 """
 
 from .config import ModelConfig
+from .data import create_transform, resolve_data_config, resolve_model_data_config
 from .errors import CheckpointError, EffnetError, PretrainedUnavailableError, UnknownModelError
 from .flops import count_macs
 from .model import EfficientNet, EfficientNetFeatures
+from .optimize import optimize_for_inference
 from .registry import build_model, create_model, get_config, list_models, model_info
 
 __version__ = "0.1.0"
@@ -15,5 +17,6 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError", "EfficientNet", "EfficientNetFeatures", "EffnetError", "ModelConfig",
     "PretrainedUnavailableError", "UnknownModelError", "build_model", "count_macs", "create_model",
-    "get_config", "list_models", "model_info",
+    "get_config", "list_models", "model_info", "optimize_for_inference",
+    "create_transform", "resolve_data_config", "resolve_model_data_config",
 ]

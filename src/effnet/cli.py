@@ -14,7 +14,8 @@ from typing import Sequence
 from .errors import EffnetError
 
 # Subcommands, in the order `effnet --help` lists them.
-TOOLS = ("list", "info")
+TOOLS = ("list", "info", "predict", "embed", "train", "finetune", "validate", "prune", "upcycle", "routing", "benchmark",
+         "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
