@@ -12,6 +12,10 @@ import os
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads of
 # several processes can slow training down tenfold.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# At 32 px every op is tiny and a second intra-op thread costs more in synchronisation than it
+# gains: one thread trains these digits about 1.8x faster on a 2-core machine (measured: 92 vs 52 img/s),
+# which buys the 15 epochs that reach 97% top-1 reliably (10 epochs landed between 95% and 98%).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -27,7 +31,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="efficientnet_b1_pruned", help="one of `effnet list`")
     p.add_argument("--img-size", type=int, default=32, help="digits are 8x8, upscaled to this (default: 32)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=4e-3)
     p.add_argument("--output", default="output/demo", help="folder for the run (default: output/demo)")
