@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+
 import pytest
 import torch
 
@@ -112,6 +115,27 @@ def test_compiles_without_graph_breaks() -> None:
         explanation = torch._dynamo.explain(model)(synthetic_input(2, 64, 64))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compile_option_matches_plain_model() -> None:
+    """compile=True (inductor with frozen weights) gives the plain model's fp32 logits up to the
+    compiler's reordered sums, and still refuses training. A one-block-per-stage CondConv model
+    keeps the compile short while covering every block kind."""
+    cfg = dataclasses.replace(effnet.get_config("tf_efficientnet_cc_b0_4e"), depth_mult=0.1)
+    model = effnet.build_model(cfg).eval()
+    assert len([b for stage in model.blocks for b in stage]) == 7
+    x = synthetic_input(2, 64, 64)
+    fast = effnet.optimize_for_inference(model, input_size=64, compile=True)
+    try:
+        with torch.inference_mode():
+            assert _rel(fast(x), model(x)) <= 1e-4
+        with pytest.raises(EffnetError):
+            fast.train()
+    finally:
+        torch._dynamo.reset()
 
 
 def test_training_modes_channels_last_and_checkpointing() -> None:

@@ -37,6 +37,7 @@ class Result:
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50/p90/p99, batch 1 only
     peak_mem_mb: float | None = None
     ratio: dict[str, float] = field(default_factory=dict)  # this / baseline img/s, by baseline name
+    compile_s: float | None = None  # compiled mode: seconds of the first call at this batch size
 
 
 def reference_available() -> bool:
@@ -100,10 +101,7 @@ def _candidates(name: str, modes: tuple[str, ...], dtype: torch.dtype, device: t
         if mode == "eager":
             model = base if dtype == torch.float32 else _autocast(base, dtype, device)
         else:
-            model = optimize_for_inference(base, dtype=dtype, input_size=img_size)
-            if mode == "compiled":
-                # freezing lets inductor constant-fold and prepack the (inference-only) weights
-                model = torch.compile(model, dynamic=False, options={"freezing": True})
+            model = optimize_for_inference(base, dtype=dtype, input_size=img_size, compile=mode == "compiled")
         out[("effnet", mode, dname if mode != "eager" or dtype == torch.float32 else f"{dname}-autocast")] = model
     if compare:
         # the reference baseline of every target is its fp32 eager throughput
@@ -143,12 +141,21 @@ def bench_inference(name: str, batch_sizes: tuple[int, ...], img_size: int | Non
         for batch in batch_sizes:
             x = torch.randn(batch, 3, size, size, device=dev)
             fns = {key: (lambda m=m: m(x)) for key, m in models.items()}
+            compile_s = {}
+            for key in fns:
+                if key[1] == "compiled":  # the first call at a new shape compiles: time it apart
+                    t0 = time.perf_counter()
+                    fns[key]()
+                    _sync(dev)
+                    compile_s[key] = time.perf_counter() - t0
             n = max(iters, 20) if batch == 1 else iters
             times = interleaved(fns, dev, warmup, n, min_seconds)
-            for (impl, mode, dname), secs in times.items():
+            for key, secs in times.items():
+                impl, mode, dname = key
                 med = statistics.median(secs)
                 results.append(Result(name, impl, mode, dname, batch, size, batch / med, 1e3 * med,
-                                      _percentiles(secs) if batch == 1 else {}, _peak_mem_mb(dev)))
+                                      _percentiles(secs) if batch == 1 else {}, _peak_mem_mb(dev),
+                                      compile_s=compile_s.get(key)))
     _add_ratios(results, ("reference", "eager", "fp32"), "reference")
     return results
 

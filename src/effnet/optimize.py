@@ -101,7 +101,7 @@ class InferenceEfficientNetFeatures(_InferenceMixin, EfficientNetFeatures):
 
 
 def optimize_for_inference(model: nn.Module, *, dtype: torch.dtype = torch.float32, channels_last: bool = True,
-                           input_size: int | tuple[int, int] | None = None) -> nn.Module:
+                           input_size: int | tuple[int, int] | None = None, compile: bool = False) -> nn.Module:
     """An eval-only copy of `model` prepared for fast inference; `model` itself is not changed.
 
     - BatchNorm is folded into the conv before it (into every CondConv expert too), in float64;
@@ -110,6 +110,12 @@ def optimize_for_inference(model: nn.Module, *, dtype: torch.dtype = torch.float
     - `channels_last` stores conv weights channels-last, and inputs are converted to it;
     - `dtype` (float32, bfloat16 or float16) is the precision of weights and computation; inputs
       are cast to it, so outputs come back in `dtype`.
+
+    - `compile=True` also wraps it in `torch.compile` (inductor, static shapes, weight freezing):
+      the fastest path effnet has. Compiling happens on the first call with each new input shape
+      (tens of seconds to minutes on a small CPU); call it under `torch.inference_mode()` or
+      `torch.no_grad()`, which freezing needs. Results match the uncompiled copy within 1e-4
+      relative in fp32 (the compiler reorders sums).
 
     fp32 results match the plain model within 1e-5 relative. The copy works with torch.compile
     (no graph breaks) and any batch size. Calling `.train()` on it raises EffnetError.
@@ -132,4 +138,8 @@ def optimize_for_inference(model: nn.Module, *, dtype: torch.dtype = torch.float
     out.__class__ = InferenceEfficientNet if isinstance(out, EfficientNet) else InferenceEfficientNetFeatures
     out.input_dtype = dtype
     out.input_format = torch.channels_last if channels_last else torch.contiguous_format
+    if compile:
+        # freezing lets inductor constant-fold the folded weights and prepack them for its conv/GEMM kernels;
+        # static shapes, because a dynamic batch dimension costs those kernels their fixed blocking
+        return torch.compile(out, dynamic=False, options={"freezing": True})  # type: ignore[return-value]
     return out

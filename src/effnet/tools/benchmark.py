@@ -93,6 +93,8 @@ def _print(results: list[Result]) -> None:
         ratios = "  ".join(f"x{v:.2f} vs {k}" for k, v in r.ratio.items())
         if "dense" in r.ratio:
             ratios += f"  (step time {1 / r.ratio['dense']:.2f}x dense)"
+        if r.compile_s is not None:
+            ratios += f"  (first call, compiling: {r.compile_s:.0f} s)"
         mem = f"{r.peak_mem_mb:.0f}" if r.peak_mem_mb is not None else "-"
         print(f"  {r.impl:<13}{r.mode:<10}{r.dtype:<15}{r.batch:>5}{r.img_per_s:>9.1f}{r.ms_per_batch:>10.1f}"
               f"{lat:>22}{mem:>9}  {ratios}")
