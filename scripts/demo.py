@@ -1,5 +1,6 @@
-"""`make demo`: train a CondConv EfficientNet on scikit-learn's handwritten digits on the CPU, validate
-it, and classify a few held-out digits with `effnet predict`.
+"""`make demo`: train an EfficientNet (by default the knapsack-pruned B1; `--model` takes any of the six)
+on scikit-learn's handwritten digits on the CPU, validate it, and classify a few held-out digits with
+`effnet predict`.
 
 Everything runs through the command line tools, as a user would run them; the last line reports the
 validation top-1 accuracy. Options change the model, image size and schedule (see --help).

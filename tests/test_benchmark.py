@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import types
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +51,45 @@ def test_cli_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--batch-size" in capsys.readouterr().err
     assert main(["benchmark", "--model", "efficientnet_b1_pruned", "--modes", "fast"]) == 2
     assert "fast" in capsys.readouterr().err
+
+
+def _bench_report() -> types.ModuleType:
+    """scripts/bench_report.py, imported as a module."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_report.py"
+    spec = importlib.util.spec_from_file_location("bench_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.filterwarnings("ignore:optimize_for_inference")  # bf16 on a CPU without bf16 units
+def test_report_renders_saved_figures_into_readme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from effnet.benchmark import Result
+    report = _bench_report()
+    monkeypatch.setattr(report, "cpu_bf16_units", lambda: ())
+
+    def result(impl: str, mode: str, dtype: str, batch: int, img_s: float, ratio: float | None) -> dict:
+        lat = {"p50": 1e3 * batch / img_s, "p90": 2e3, "p99": 3e3} if batch == 1 else {}
+        return dict(model="efficientnet_b1_pruned", impl=impl, mode=mode, dtype=dtype, batch=batch, img_size=240,
+                    img_per_s=img_s, ms_per_batch=1e3 * batch / img_s, latency_ms=lat,
+                    ratio={} if ratio is None else {"reference": ratio})
+
+    raw = {"efficientnet_b1_pruned": [
+        result("reference", "eager", "fp32", 16, 50.0, None), result("reference", "eager", "fp32", 1, 40.0, None),
+        result("effnet", "optimized", "fp32", 16, 200.0, 4.0), result("effnet", "optimized", "fp32", 1, 160.0, 4.0),
+        result("effnet", "optimized", "bf16", 16, 100.0, 2.0)]}
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps(raw))  # the --json format, read back as by --from-json
+    figures = {k: [Result(**r) for r in v] for k, v in json.loads(saved.read_text()).items()}
+    block = report.render(figures)
+    assert block.startswith(report.START) and block.endswith(report.END)
+    assert "| efficientnet_b1_pruned | 50.0 | - | 200.0 (x4.00) | - | 25 ms | - | 6 ms (x0.25) | - |" in block
+    assert "This run measured 1 of the 6 models" in block
+    assert "- fp32 batch-16 throughput >= 3x the reference: **met**" in block
+    assert "- fp32 batch-1 latency <= 1/3 of the reference's: **met**" in block
+    assert "6x the reference's fp32: **not met** (worst efficientnet_b1_pruned x2.00" in block
+    assert "this CPU has no bf16 units" in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{report.START}\nold\n{report.END}\n\n## after\n")
+    report.update_readme(block, readme)
+    assert readme.read_text() == f"# title\n\n{block}\n\n## after\n"

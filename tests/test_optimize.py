@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -41,6 +42,19 @@ def test_fp32_matches_plain_model(name: str) -> None:
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 
 
+@pytest.mark.parametrize("units, warns", [((), True), (("amx_bf16",), False), (None, False)])
+def test_bf16_warns_only_without_bf16_units(monkeypatch: pytest.MonkeyPatch, units: tuple[str, ...] | None,
+                                             warns: bool) -> None:
+    monkeypatch.setattr(effnet.optimize, "cpu_bf16_units", lambda: units)
+    model = _model("efficientnet_b1_pruned")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        effnet.optimize_for_inference(model, dtype=torch.bfloat16)
+        effnet.optimize_for_inference(model)  # fp32 never warns
+    emulated = [w for w in caught if "no bf16 units" in str(w.message)]
+    assert len(emulated) == (1 if warns else 0)
+
+
 @torch.no_grad()
 def test_options_and_errors() -> None:
     model = _model("tf_efficientnet_cc_b0_4e")
@@ -48,7 +62,9 @@ def test_options_and_errors() -> None:
     expected = model(x)
     plain_layout = effnet.optimize_for_inference(model, channels_last=False)
     assert _rel(plain_layout(x), expected) <= 1e-5
-    bf16 = effnet.optimize_for_inference(model, dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the no-bf16-units warning, tested below
+        bf16 = effnet.optimize_for_inference(model, dtype=torch.bfloat16)
     out = bf16(x)
     assert out.dtype == torch.bfloat16 and out.shape == expected.shape and torch.isfinite(out).all()
     with pytest.raises(EffnetError, match="cannot be trained"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import warnings
+from functools import cache
 from typing import Any
 
 import torch
@@ -20,6 +22,19 @@ _BN_AFTER_CONV: dict[str, dict[str, str]] = {
     "InvertedResidual": {"bn1": "conv_pw", "bn2": "conv_dw", "bn3": "conv_pwl"},
 }
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@cache
+def cpu_bf16_units() -> tuple[str, ...] | None:
+    """The CPU's native bf16 instruction sets (of avx512_bf16, amx_bf16) as /proc/cpuinfo lists them;
+    None where that cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return tuple(flag for flag in _BF16_FLAGS if flag in flags)
 
 
 @torch.no_grad()
@@ -124,6 +139,11 @@ def optimize_for_inference(model: nn.Module, *, dtype: torch.dtype = torch.float
         raise EffnetError(f"optimize_for_inference: dtype {dtype} not supported; use one of {_DTYPES}")
     if not isinstance(model, (EfficientNet, EfficientNetFeatures)):
         raise EffnetError(f"optimize_for_inference expects an effnet EfficientNet model, got {type(model).__name__}")
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if dtype == torch.bfloat16 and on_cpu and cpu_bf16_units() == ():
+        # without these units oneDNN emulates bf16 through fp32 conversions: slower than fp32, not faster
+        warnings.warn("optimize_for_inference: this CPU has no bf16 units (neither avx512_bf16 nor amx_bf16), "
+                      "so bfloat16 is emulated and usually slower than float32 here", stacklevel=2)
     out = copy.deepcopy(model).float().eval()
     _fold_all(out)
     if input_size is not None:

@@ -12,6 +12,7 @@ import torch
 
 from ..benchmark import DTYPES, MODES, Result, bench_inference, bench_train, reference_available
 from ..errors import EffnetError
+from ..optimize import cpu_bf16_units
 from ..registry import list_models
 
 HELP = "measure throughput (img/s), batch-1 latency and memory; optionally against the reference"
@@ -46,14 +47,16 @@ def _batches(text: str) -> tuple[int, ...]:
 
 
 def machine() -> str:
-    """CPU model name and core count (or the GPU's name), for reports."""
+    """CPU model name, threads, torch version and the CPU's bf16 units, for reports."""
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{name}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    units = cpu_bf16_units()
+    bf16 = "" if units is None else f", bf16 units: {' and '.join(units) if units else 'none (bf16 is emulated)'}"
+    return f"{name}, {torch.get_num_threads()} threads, torch {torch.__version__}{bf16}"
 
 
 def run(args: argparse.Namespace) -> int:
