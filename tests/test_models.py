@@ -104,6 +104,24 @@ def test_condconv_routes_each_sample_independently(name: str) -> None:
     torch.testing.assert_close(together, permuted, rtol=1e-5, atol=1e-5)
 
 
+def test_fresh_init_follows_the_reference_scheme() -> None:
+    """He-normal fan-out convs and experts; routing layers uniform in 1/sqrt(fan_in + fan_out), not
+    classifier-sized (1/sqrt(experts)), which saturates the routing sigmoids at init."""
+    torch.manual_seed(0)
+    model = effnet.create_model("tf_efficientnet_cc_b0_8e")
+    routing = [m for n, m in model.named_modules() if n.endswith("routing_fn")]
+    assert len(routing) == 3 + 4 + 1  # the last three stages of B0
+    for m in routing:
+        bound = (m.in_features + m.out_features) ** -0.5
+        assert m.weight.abs().max().item() <= bound
+        assert m.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)
+        assert not m.bias.any()
+    expert = model.blocks[6][0].conv_pwl  # 1x1 CondConv: (experts, out * in)
+    fan_out = expert.out_chs  # 1x1, ungrouped
+    assert expert.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.05)
+    assert model.classifier.weight.abs().max().item() <= model.num_classes ** -0.5
+
+
 def test_grad_checkpointing_gives_same_gradients() -> None:
     torch.manual_seed(0)
     model = effnet.create_model("tf_efficientnet_cc_b0_4e", num_classes=3).eval()
