@@ -37,6 +37,16 @@ def _pick(results: list[Result], impl: str, mode: str, dtype: str, batch: int) -
     return next((r for r in results if (r.impl, r.mode, r.dtype, r.batch) == (impl, mode, dtype, batch)), None)
 
 
+def save_figures(path: Path, figures: dict[str, list[Result]]) -> None:
+    """The raw figures, per model, as JSON (the `--json` file)."""
+    path.write_text(json.dumps({k: [asdict(r) for r in v] for k, v in figures.items()}, indent=1))
+
+
+def load_figures(path: Path) -> dict[str, list[Result]]:
+    """Figures written by `save_figures` (read by `--from-json`)."""
+    return {k: [Result(**r) for r in v] for k, v in json.loads(path.read_text()).items()}
+
+
 def measure(names: list[str], iters: int, train: bool, save: Path | None,
             compiled: set[str]) -> dict[str, list[Result]]:
     """All figures per model: fp32 eager/optimised(/compiled) and bf16 optimised(/compiled) inference at
@@ -56,7 +66,7 @@ def measure(names: list[str], iters: int, train: bool, save: Path | None,
         out[name] = res
         print(f"measured {name}", file=sys.stderr, flush=True)
         if save is not None:
-            save.write_text(json.dumps({k: [asdict(r) for r in v] for k, v in out.items()}, indent=1))
+            save_figures(save, out)
     return out
 
 
@@ -311,8 +321,7 @@ def main() -> int:
             return 2
         trained[name] = Path(path)
     if args.from_json:
-        raw = json.loads(Path(args.from_json).read_text())
-        figures = {k: [Result(**r) for r in v] for k, v in raw.items()}
+        figures = load_figures(Path(args.from_json))
     else:
         if not reference_available():
             print("bench_report: the reference implementation (timm) is not importable; run it with the "

@@ -79,9 +79,8 @@ def test_report_renders_saved_figures_into_readme(tmp_path: Path, monkeypatch: p
         result("effnet", "optimized", "fp32", 16, 200.0, 4.0), result("effnet", "optimized", "fp32", 1, 160.0, 4.0),
         result("effnet", "optimized", "bf16", 16, 100.0, 2.0)]}
     saved = tmp_path / "bench.json"
-    saved.write_text(json.dumps(raw))  # the --json format, read back as by --from-json
-    figures = {k: [Result(**r) for r in v] for k, v in json.loads(saved.read_text()).items()}
-    block = report.render(figures)
+    report.save_figures(saved, {k: [Result(**r) for r in v] for k, v in raw.items()})
+    block = report.render(report.load_figures(saved))  # as --json, then --from-json
     assert block.startswith(report.START) and block.endswith(report.END)
     assert "| efficientnet_b1_pruned | 50.0 | - | 200.0 (x4.00) | - | 25 ms | - | 6 ms (x0.25) | - |" in block
     assert "This run measured 1 of the 6 models" in block

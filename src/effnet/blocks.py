@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import BlockSpec
-from .layers import Conv2dSame, DropPath, SqueezeExcite, make_conv
+from .layers import Conv2dSame, DropPath, Routing, SqueezeExcite, make_conv
 
 
 def batch_norm(chs: int, eps: float, momentum: float) -> nn.BatchNorm2d:
@@ -64,7 +64,7 @@ class InvertedResidual(nn.Module):
         self.has_skip = spec.stride == 1 and spec.in_chs == spec.out_chs
         self.drop_path = DropPath(drop_path)
         # registered last so the state-dict order matches the published checkpoints
-        self.routing_fn = nn.Linear(spec.in_chs, e) if e else None
+        self.routing_fn = Routing(spec.in_chs, e) if e else None
 
     def routing(self, x: Tensor) -> Tensor:
         """Per-sample expert weights in (0, 1): (B, C, H, W) -> (B, E)."""

@@ -180,6 +180,19 @@ class CondConv2d(nn.Module):
                 f"groups={self.groups}, experts={self.experts}")
 
 
+class Routing(nn.Linear):
+    """CondConv routing layer: pooled block input (B, C) -> expert logits (B, E); the block applies the
+    sigmoid. A Linear in every other respect; its own class only for its initialisation."""
+
+    def reset_parameters(self) -> None:
+        """Uniform in 1/sqrt(fan_in + fan_out), zero bias, as the reference initialises routing. A
+        classifier-sized range (1/sqrt(experts)) starts the sigmoids saturated: sharp, input-dependent
+        kernel mixing at init, ~4x the reference's gradients, and training from scratch barely moves."""
+        bound = 1.0 / math.sqrt(self.in_features + self.out_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.zeros_(self.bias)
+
+
 def make_conv(in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1,
               experts: int = 0) -> Conv2dSame | CondConv2d:
     """A static 'SAME' conv, or a CondConv one with `experts` experts (no bias either way)."""

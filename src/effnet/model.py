@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import batch_norm, make_block
 from .config import ModelConfig
-from .layers import CondConv2d, Conv2dSame, GlobalPool
+from .layers import CondConv2d, Conv2dSame, GlobalPool, Routing
 
 
 def build_stages(cfg: ModelConfig, drop_path_rate: float) -> nn.Sequential:
@@ -26,25 +26,21 @@ def build_stages(cfg: ModelConfig, drop_path_rate: float) -> nn.Sequential:
 
 
 def init_weights(module: nn.Module) -> None:
-    """Initialisation of the TF reference: He-normal (fan-out) convs, uniform classifier, and
-    routing layers uniform in 1/sqrt(fan_in + fan_out)."""
-    for name, m in module.named_modules():
+    """Initialisation of the TF reference: He-normal (fan-out) convs, uniform classifier; CondConv
+    experts and routing layers by their own `reset_parameters`."""
+    for m in module.modules():
         if isinstance(m, nn.Conv2d):
             fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
             nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, CondConv2d):
+        elif isinstance(m, (CondConv2d, Routing)):
             m.reset_parameters()
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            # a routing layer sized like a classifier (1/sqrt(experts)) would start its sigmoids
-            # saturated: sharp, input-dependent kernel mixing at init, with gradients ~4x larger
-            # than the reference's, and training from scratch barely moves for epochs
-            fan = m.weight.shape[0] + (m.weight.shape[1] if name.endswith("routing_fn") else 0)
-            bound = 1.0 / math.sqrt(fan)
+            bound = 1.0 / math.sqrt(m.weight.shape[0])
             nn.init.uniform_(m.weight, -bound, bound)
             nn.init.zeros_(m.bias)
 

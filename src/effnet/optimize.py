@@ -139,7 +139,7 @@ def optimize_for_inference(model: nn.Module, *, dtype: torch.dtype = torch.float
         raise EffnetError(f"optimize_for_inference: dtype {dtype} not supported; use one of {_DTYPES}")
     if not isinstance(model, (EfficientNet, EfficientNetFeatures)):
         raise EffnetError(f"optimize_for_inference expects an effnet EfficientNet model, got {type(model).__name__}")
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    on_cpu = next(model.parameters()).device.type == "cpu"
     if dtype == torch.bfloat16 and on_cpu and cpu_bf16_units() == ():
         # without these units oneDNN emulates bf16 through fp32 conversions: slower than fp32, not faster
         warnings.warn("optimize_for_inference: this CPU has no bf16 units (neither avx512_bf16 nor amx_bf16), "
