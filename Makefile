@@ -25,7 +25,8 @@ demo: install
 
 # Regenerates tests/fixtures from the reference implementation (needs ../shared; not run by CI).
 fixtures: install
-	REF=$$(../shared/reference/setup-reference-env.sh) && PYTHONPATH=src:tests $$REF/bin/python scripts/make_parity_fixtures.py
+	REF=$$(../shared/reference/setup-reference-env.sh) && PYTHONPATH=src:tests $$REF/bin/python scripts/make_parity_fixtures.py \
+		&& PYTHONPATH=src:tests $$REF/bin/python scripts/make_train_parity_fixture.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

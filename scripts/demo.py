@@ -78,11 +78,11 @@ def main() -> int:
     print(f"demo: training {args.model} on the digits at {size} px for {args.epochs} epochs (CPU)", flush=True)
     start = time.perf_counter()
     effnet("train", "--model", args.model, "--dataset", "digits", "--img-size", size, "--epochs", str(args.epochs),
+           # the defaults (AdamW, cosine, zero-initialised classifier, the digits' whole images) reach
+           # 96.7% in 5 epochs (scripts/bench_default_recipe.py); batch 16 at lr 4e-3 without label
+           # smoothing gets to 97.5-97.8% in 15
            "--batch-size", str(args.batch_size), "--opt", "adamw", "--lr", str(args.lr), "--weight-decay", "0.05",
-           "--sched", "cosine", "--warmup-epochs", "0.5", "--smoothing", "0", "--head-init-scale", "0",
-           # on 1,438 tiny digits random crops slow learning more than they help: whole images, the
-           # same resize as validation
-           "--no-aug", "--crop-pct", "1.0", "--train-interpolation", "bicubic",
+           "--warmup-epochs", "0.5", "--smoothing", "0",
            "--workers", "0", "--seed", "0", "--device", "cpu", "--log-interval", "30", "--output", str(run_dir))
     train_seconds = time.perf_counter() - start
     checkpoint = run_dir / "model_best.pth.tar"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 from PIL import Image
 
 from effnet import EffnetError
-from effnet.data import DatasetError, DigitsDataset, ImageFolder, create_transform, find_split_dir
+from effnet.data import DatasetError, DigitsDataset, ImageFolder, ImageLoadError, create_transform, find_split_dir
 
 
 def make_folder(root: Path, layout: dict[str, int], size: tuple[int, int] = (12, 10)) -> None:
@@ -40,21 +39,14 @@ def test_image_folder_natural_sort_and_samples(tmp_path: Path) -> None:
     assert isinstance(x, torch.Tensor) and x.shape == (3, 8, 8)
 
 
-def test_image_folder_replaces_corrupt_image_and_warns_once(tmp_path: Path) -> None:
+def test_image_folder_never_replaces_a_corrupt_image(tmp_path: Path) -> None:
     make_folder(tmp_path, {"a": 2, "b": 2})
     bad = tmp_path / "a" / "im1.png"
     bad.write_bytes(b"\x89PNG broken")
     ds = ImageFolder(tmp_path)
-    with pytest.warns(UserWarning, match="im1.png") as record:
-        img, target = ds[1]
-    assert len(record) == 1
-    assert isinstance(img, Image.Image) and target == 1  # the next sample (b/im0.png) stands in
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # reported once only
-        assert ds[1][1] == 1
-    assert ds.bad_files == {bad}
-    items = [ds[i] for i in range(len(ds))]
-    assert len(items) == 4
+    with pytest.raises(ImageLoadError, match="im1.png"):
+        ds[1]
+    assert ds[2][1] == 1 and len(ds) == 4
 
 
 def test_image_folder_errors(tmp_path: Path) -> None:
@@ -68,9 +60,8 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     make_folder(tmp_path / "all_bad", {"x": 2})
     for p in (tmp_path / "all_bad" / "x").iterdir():
         p.write_bytes(b"")
-    ds = ImageFolder(tmp_path / "all_bad")
-    with pytest.warns(UserWarning), pytest.raises(DatasetError, match="unreadable images"):
-        ds[0]
+    with pytest.raises(DatasetError, match="none of its 2 image"):
+        ImageFolder(tmp_path / "all_bad")
 
 
 @pytest.mark.parametrize("val_name", ["val", "validation", "valid"])

@@ -16,12 +16,13 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     proc = run_effnet(["--standalone", "--nproc_per_node", "2", "-m", "effnet", "train", *TINY_FLAGS,
                        "--data-dir", str(data), "--epochs", "2", "--output", str(out), "--opt", "rmsproptf",
                        "--model-ema"], prefix=["-m", "torch.distributed.run"], timeout=300)
-    assert "2 process(es)" in proc.stdout
-    assert proc.stdout.count("epoch 2/2:") == 1  # only rank 0 prints and writes
+    assert "2 process(es)" in proc.stderr  # progress is logged to stderr
+    assert proc.stderr.count("epoch 2/2:") == 1  # only rank 0 logs and writes
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [r["epoch"] for r in rows] == ["0", "1"]
-    assert sorted(p.name for p in out.iterdir()) == ["args.yaml", "last.pth.tar", "model_best.pth.tar",
-                                                     "summary.csv", "summary.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["args.yaml", "config.json", "last.pth.tar",
+                                                     "model.safetensors", "model_best.pth.tar", "summary.csv",
+                                                     "summary.png"]
     ckpt = torch.load(out / "last.pth.tar", weights_only=True)
     assert ckpt["epoch"] == 2 and len(ckpt["rng_state_ranks"]) == 2
     # 16 training images, 2 ranks x batch 4: 2 steps an epoch; lr scaled to the global batch of 8

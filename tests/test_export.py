@@ -47,10 +47,13 @@ def test_torchscript_and_pt2_condconv(fmt: str, tmp_path: Path) -> None:
 def test_cli_export_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "b1.onnx"
     assert main(["export", "--model", "efficientnet_b1_pruned", "--format", "onnx", "--output", str(out),
-                 "--dynamic-batch", "--img-size", "40"]) == 0
+                 "--img-size", "40"]) == 2
+    assert "no weights" in capsys.readouterr().err and not out.exists()
+    assert main(["export", "--model", "efficientnet_b1_pruned", "--format", "onnx", "--output", str(out),
+                 "--dynamic-batch", "--img-size", "40", "--random-weights"]) == 0
     assert "batch 3" in capsys.readouterr().out and out.is_file()
     assert main(["export", "--model", "efficientnet_b1_pruned", "--format", "onnx", "--output", str(tmp_path),
-                 "--img-size", "40"]) == 2
-    assert "is a directory" in capsys.readouterr().err
+                 "--img-size", "40", "--random-weights"]) == 2
+    assert "is a folder" in capsys.readouterr().err
     assert main(["export", "--model", "no_such_model", "--format", "onnx", "--output", str(out)]) == 2
     assert "no_such_model" in capsys.readouterr().err

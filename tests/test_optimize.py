@@ -109,8 +109,9 @@ def test_condconv_paths_agree_forward_and_backward(kernel: int, stride: int, dep
         grads[tag] = (xi.grad.clone(), conv.weight.grad.clone())
         conv.weight.grad = None
     if depthwise:
-        taps = conv._depthwise_taps(x if stride == 1 else effnet.layers.pad_same(x, kernel, stride),
-                                    r @ conv.weight, (kernel - 1) // 2 if stride == 1 else 0)
+        taps = effnet.layers.condconv_depthwise_taps(
+            x if stride == 1 else effnet.layers.pad_same(x, kernel, stride), r @ conv.weight, conv.bias,
+            kernel, stride, (kernel - 1) // 2 if stride == 1 else 0)
         assert _rel(taps, expected) <= 1e-6
     assert _rel(grads["channels_last"][0], grads["nchw"][0]) <= 1e-5
     assert _rel(grads["channels_last"][1], grads["nchw"][1]) <= 1e-5

@@ -39,7 +39,9 @@ def test_logits_and_pre_logits(name: str, tag: str) -> None:
     expected = parity_fixture(name)
     model = _model(name)
     x = synthetic_input(*parity_sizes(_native(name))[tag])
-    assert torch.equal(x.sum().reshape(1), expected[f"{tag}.input_sum"]), "synthetic input drifted"
+    # the sum's rounding depends on how many threads reduce it, so compare within float32 rounding
+    drift = (x.sum().reshape(1) - expected[f"{tag}.input_sum"]).abs().item()
+    assert drift <= 1e-6 * x.abs().sum().item(), f"synthetic input drifted by {drift:.3g}"
     assert_parity(model(x), expected[f"{tag}.logits"], f"{name} {tag} logits")
     pre = model.forward_head(model.forward_features(x), pre_logits=True)
     assert_parity(pre, expected[f"{tag}.pre_logits"], f"{name} {tag} pre-logits")

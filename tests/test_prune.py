@@ -188,7 +188,7 @@ def test_pruned_output_loads_with_local_dir(tmp_path, tiny: effnet.EfficientNet)
     save_hf_dir(small, tmp_path / "out", class_names=list("abcde"))
     meta = json.loads((tmp_path / "out" / "config.json").read_text())
     assert meta["architecture"] == "tiny_knapsack_50" and meta["num_classes"] == 5
-    assert meta["class_names"] == list("abcde") and meta["num_features"] == small.num_features
+    assert meta["label_names"] == list("abcde") and meta["num_features"] == small.num_features
     pruned = meta["effnet_config"]["pruned"]
     assert [list(b) for b in zip(pruned["stage_out"], pruned["blocks"])]  # the shipped variants' format
     assert tuple(pruned["stage_out"]) == small.cfg.pruned.stage_out
@@ -254,7 +254,7 @@ def test_prune_command_writes_a_loadable_folder_within_budget(tmp_path, tiny: ef
     loaded = effnet.create_model(f"local-dir:{out}").eval()
     assert loaded.num_classes == 3 and loaded.pretrained_cfg["input_size"] == (3, 32, 32)
     assert count_macs(loaded) == report["macs"]["pruned"]
-    assert json.loads((out / "config.json").read_text())["class_names"] == ["class0", "class1", "class2"]
+    assert json.loads((out / "config.json").read_text())["label_names"] == ["class0", "class1", "class2"]
 
 
 def test_prune_command_errors_are_one_line(tmp_path, capsys) -> None:
@@ -266,5 +266,7 @@ def test_prune_command_errors_are_one_line(tmp_path, capsys) -> None:
             "--batch-size", "4", "--workers", "0", "--output", str(tmp_path / "o")]
     assert main(args + ["--checkpoint", str(tmp_path / "seven.pth"), "--macs-ratio", "0.5"]) == 2
     assert "has 7 classes but the data has 3" in capsys.readouterr().err
-    assert main(args + ["--macs-ratio", "1.5"]) == 2
-    assert "--macs-ratio must be in (0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # refused as the flags are parsed
+        main(args + ["--macs-ratio", "1.5"])
+    assert usage.value.code == 2
+    assert "--macs-ratio: must be in (0, 1]" in capsys.readouterr().err

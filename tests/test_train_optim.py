@@ -12,6 +12,8 @@ from torch import nn
 
 from effnet.train import (RECIPES, ConfigError, LabelSmoothingCrossEntropy, ModelEma, RMSpropTF, Scheduler,
                           SoftTargetCrossEntropy, TrainConfig, add_train_arguments, config_from_args, param_groups)
+from effnet.train.optim import create_optimizer, weight_decay
+from effnet.train.scheduler import create_scheduler, warmup_epochs
 
 
 def test_rmsproptf_matches_tf_update_by_hand() -> None:
@@ -108,26 +110,73 @@ def _parse(argv: list[str]) -> TrainConfig:
     return config_from_args(p.parse_args(argv))
 
 
-def test_seed_recipe_scales_lr_to_global_batch() -> None:
-    cfg = _parse(["--recipe", "seed", "--batch-size", "64"])
+def test_paper_recipe_scales_lr_to_global_batch() -> None:
+    cfg = _parse(["--recipe", "paper", "--batch-size", "64"])
     assert (cfg.opt, cfg.sched, cfg.decay_rate, cfg.decay_epochs, cfg.aa) == ("rmsproptf", "step", 0.97, 2.4,
                                                                              "original")
     assert (cfg.smoothing, cfg.weight_decay, cfg.bn_momentum, cfg.epochs) == (0.1, 1e-5, 0.01, 350)
     assert cfg.scaled_lr(64) == pytest.approx(0.256 * 64 / 2048)
     assert cfg.scaled_lr(128) == pytest.approx(0.016)  # two processes of 64
-    assert _parse(["--recipe", "seed", "--lr", "0.1"]).scaled_lr(64) == 0.1
-    assert set(RECIPES["seed"]) <= set(TrainConfig().to_dict())
+    assert _parse(["--recipe", "paper", "--lr", "0.1"]).scaled_lr(64) == 0.1
+    assert set(RECIPES["paper"]) <= set(TrainConfig().to_dict())
+
+
+def test_default_warmup_is_at_most_a_tenth_of_the_run() -> None:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    for epochs, expected in ((5, 0.5), (20, 2.0), (300, 5.0)):
+        cfg = _parse(["--epochs", str(epochs)])
+        assert cfg.warmup_epochs is None and warmup_epochs(cfg) == expected
+        sched = create_scheduler(cfg, opt, 0.1, steps_per_epoch=10)
+        assert sched.warmup_steps == round(expected * 10)
+        assert sched.lr_at(sched.warmup_steps) == pytest.approx(0.1)  # the cosine starts at the full rate
+    typed = _parse(["--epochs", "5", "--warmup-epochs", "5"])
+    assert warmup_epochs(typed) == 5.0  # a typed value is kept, however long
+    assert warmup_epochs(_parse(["--recipe", "paper", "--epochs", "5"])) == 5.0
+
+
+def test_digits_bring_their_data_settings_and_flags_still_win(tmp_path: Path) -> None:
+    cfg = _parse(["--dataset", "digits"])
+    assert (cfg.no_aug, cfg.crop_pct, cfg.train_interpolation) == (True, 1.0, "bicubic")
+    assert _parse(["--dataset", "digits", "--crop-pct", "0.9"]).crop_pct == 0.9
+    # the published recipe is complete: it keeps its augmentation on any data
+    paper = _parse(["--dataset", "digits", "--recipe", "paper"])
+    assert (paper.no_aug, paper.crop_pct, paper.aa, paper.head_init_scale) == (False, None, "original", 1.0)
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset: digits\nno_aug: false\n")
+    from_file = _parse(["--config", str(path)])
+    assert (from_file.no_aug, from_file.crop_pct) == (False, 1.0)
+    plain = _parse([])
+    assert (plain.no_aug, plain.crop_pct, plain.scale, plain.batch_size, plain.opt) == (False, None, (0.08, 1.0),
+                                                                                           32, "adamw")
+
+
+def test_default_rate_and_decay_follow_the_optimiser() -> None:
+    adamw = _parse([])
+    assert adamw.scaled_lr(32) == pytest.approx(0.016 * math.sqrt(32 / 256))  # timm's sqrt rule for Adam
+    assert adamw.scaled_lr(1024) == pytest.approx(0.032)
+    assert weight_decay(adamw) == 0.05
+    sgd = _parse(["--opt", "sgd"])
+    assert sgd.scaled_lr(32) == pytest.approx(0.1 * 32 / 256) and weight_decay(sgd) == 2e-5
+    assert _parse(["--opt", "sgd", "--lr-base", "0.2"]).scaled_lr(512) == pytest.approx(0.4)
+    assert weight_decay(_parse(["--weight-decay", "0.1", "--opt", "sgd"])) == 0.1
+    model = nn.Linear(3, 2)
+    groups = create_optimizer(adamw, [model], 1e-3).param_groups
+    assert isinstance(create_optimizer(adamw, [model], 1e-3), torch.optim.AdamW)
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
 
 
 def test_config_file_precedence(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 7\nopt: adamw\nscale: [0.5, 1.0]\nbatch-size: 16\n")
-    cfg = _parse(["--recipe", "seed", "--config", str(path), "--epochs", "9"])
+    cfg = _parse(["--recipe", "paper", "--config", str(path), "--epochs", "9"])
     assert (cfg.epochs, cfg.opt, cfg.scale, cfg.batch_size, cfg.decay_rate) == (9, "adamw", (0.5, 1.0), 16, 0.97)
     path.write_text("epoch: 3\n")
     with pytest.raises(ConfigError, match="epoch"):
         _parse(["--config", str(path)])
-    with pytest.raises(ConfigError, match="--lr"):
+    with pytest.raises(SystemExit):  # refused as the flags are parsed, by the rule a YAML value gets too
         _parse(["--lr", "-1"])
+    path.write_text("lr: -1\n")
+    with pytest.raises(ConfigError, match="--lr must be > 0, got -1"):
+        _parse(["--config", str(path)])
     with pytest.raises(ConfigError, match="does not exist"):
         _parse(["--config", str(tmp_path / "missing.yaml")])

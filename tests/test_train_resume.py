@@ -27,6 +27,31 @@ from effnet.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
+# Runs `effnet train` and, when the run reaches its STOP_AT-th batch (mid-epoch), sends itself SIGNAL:
+# SIGTERM to its own pid, SIGINT to its whole process group as Ctrl-C does (DataLoader workers too),
+# SIGKILL to the group (no chance to save: the resume starts from the last epoch's checkpoint).
+SIGNAL_MID_EPOCH = """
+import os, signal, sys
+import effnet.train.loop as loop
+sig, stop_at = signal.Signals[os.environ["SIGNAL"]], int(os.environ["STOP_AT"])
+batches, seen = loop._batches, [0]
+def counting(*args):
+    for item in batches(*args):
+        seen[0] += 1
+        if seen[0] == stop_at:
+            if sig == signal.SIGTERM:
+                os.kill(os.getpid(), sig)
+            else:
+                os.killpg(os.getpgid(0), sig)
+        yield item
+loop._batches = counting
+from effnet.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+# the defaults (workers, random-resized crop, flips, colour jitter) plus every augmentation with randomness
+AUGMENTED_FLAGS = [*TINY_FLAGS, "--workers", "2", "--epochs", "2", "--aa", "rand-m9-mstd0.5", "--reprob", "0.5",
+                   "--mixup", "0.4", "--cutmix", "1.0", "--drop-path", "0.2", "--model-ema", "--model-ema-decay", "0.9"]
+
 # every source of randomness the loop has: augmentation, Mixup, drop-path, dropout, EMA, warmup + step decay
 RICH_FLAGS = [*TINY_FLAGS, "--epochs", "3", "--opt", "rmsproptf", "--sched", "step", "--decay-epochs", "0.5",
               "--mixup", "0.4", "--drop", "0.2", "--drop-path", "0.2", "--model-ema", "--model-ema-decay", "0.9",
@@ -133,3 +158,53 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path: Path) -> None:
     ckpt = torch.load(out / "last.pth.tar", weights_only=True)
     assert ckpt["step"] >= 1 and ckpt["epoch"] < 50
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def _signalled_run(args: list[str], sig: str, stop_at: int) -> subprocess.CompletedProcess:
+    """`effnet ARGS` in its own session (so a group signal reaches only it and its workers), signalled
+    by itself at its `stop_at`-th batch."""
+    import os
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(repo / "src"), SIGNAL=sig,
+               STOP_AT=str(stop_at))
+    return subprocess.run([sys.executable, "-c", SIGNAL_MID_EPOCH, *args], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def augmented_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """Tiny data (16 training images: 4 steps an epoch) and an uninterrupted 2-epoch run's last checkpoint."""
+    root = tmp_path_factory.mktemp("resume")
+    data = make_image_folder(root / "data", per_class=8, val_per_class=1, size=24)
+    run_effnet(["train", *AUGMENTED_FLAGS, "--data-dir", str(data), "--output", str(root / "full")])
+    return data, torch.load(root / "full" / "last.pth.tar", weights_only=True)
+
+
+def _assert_same_run(a: dict, b: dict) -> None:
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 8
+    ta, tb = _tensors({k: a[k] for k in ("state_dict", "state_dict_ema", "optimizer")}), \
+        _tensors({k: b[k] for k in ("state_dict", "state_dict_ema", "optimizer")})
+    assert ta.keys() == tb.keys() and len(ta) > 100
+    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not different, f"{len(different)} of {len(ta)} tensors differ: {different[:5]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGKILL"])
+def test_signal_mid_epoch_with_workers_and_augmentation_resumes_bit_exact(
+        tmp_path: Path, augmented_reference: tuple[Path, dict], sig: str) -> None:
+    data, reference = augmented_reference
+    out = tmp_path / "run"
+    proc = _signalled_run(["train", *AUGMENTED_FLAGS, "--data-dir", str(data), "--output", str(out)], sig,
+                          stop_at=6)  # batch 2 of epoch 2
+    if sig == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        assert torch.load(out / "last.pth.tar", weights_only=True)["epoch"] == 1
+    else:
+        assert proc.returncode == 128 + signal.Signals[sig], proc.stderr
+        assert proc.stderr.count(f"received {sig}") == 1, proc.stderr  # the main process only, not each worker
+        assert "Traceback" not in proc.stderr
+        saved = torch.load(out / "last.pth.tar", weights_only=True)
+        assert (saved["epoch"], saved["batch"]) == (1, 2)  # stopped mid-epoch
+    run_effnet(["train", "--resume", str(out / "last.pth.tar")])
+    _assert_same_run(reference, torch.load(out / "last.pth.tar", weights_only=True))

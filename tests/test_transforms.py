@@ -268,8 +268,9 @@ def test_mixup_modes_determinism_and_errors() -> None:
         assert torch.allclose(a[1].sum(1), torch.ones(6))
     unmixed = Mixup(prob=0.0, label_smoothing=0.0, num_classes=3)(x, y)
     assert torch.equal(unmixed[0], x) and torch.equal(unmixed[1].argmax(1), y)
-    with pytest.raises(ValueError, match="even batch"):
-        Mixup(num_classes=3)(x[:5], y[:5])
+    for mode in ("batch", "pair", "elem"):  # an odd batch (an unreadable image left out): the middle stays as is
+        odd_x, odd_t = Mixup(num_classes=3, mode=mode, label_smoothing=0.0)(x[:5], y[:5])
+        assert odd_x.shape == x[:5].shape and torch.equal(odd_x[2], x[2]) and odd_t[2].argmax() == y[2]
     with pytest.raises(ValueError, match="mode"):
         Mixup(mode="row")
     with pytest.raises(ValueError, match="mixup_alpha > 0"):

@@ -73,7 +73,7 @@ def test_upcycled_model_loads_with_local_dir(tmp_path) -> None:
     twin = upcycle(dense, 4).eval()
     save_hf_dir(twin, tmp_path / "cc")
     meta = json.loads((tmp_path / "cc" / "config.json").read_text())
-    assert meta["effnet_config"]["experts"] == 4 and meta["num_classes"] == 6 and "class_names" not in meta
+    assert meta["effnet_config"]["experts"] == 4 and meta["num_classes"] == 6 and "label_names" not in meta
     assert sorted(p.name for p in (tmp_path / "cc").iterdir()) == ["config.json", "model.safetensors"]
     loaded = effnet.create_model(f"local-dir:{tmp_path / 'cc'}").eval()
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -107,5 +107,6 @@ def test_upcycle_command_without_and_with_training(tmp_path, capsys) -> None:
                            torch.zeros_like(trained.state_dict()["blocks.4.0.routing_fn.weight"]))
     capsys.readouterr()
     assert main(["upcycle", "--model", "tf_efficientnet_cc_b0_4e", "--num-classes", "3", "--experts", "4",
+                 "--random-weights",
                  "--output", str(tmp_path / "bad")]) == 2
     assert "already has CondConv layers" in capsys.readouterr().err

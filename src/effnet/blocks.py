@@ -1,10 +1,14 @@
 """EfficientNet's two blocks. Attribute names follow the published checkpoints' keys."""
 
-from __future__ import annotations
+# no `from __future__ import annotations`: TorchScript reads these annotations as objects
+from contextlib import nullcontext
+from typing import Any, ContextManager
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import BlockSpec
 from .layers import Conv2dSame, DropPath, Routing, SqueezeExcite, make_conv
@@ -17,6 +21,10 @@ def batch_norm(chs: int, eps: float, momentum: float) -> nn.BatchNorm2d:
 
 class DepthwiseSeparable(nn.Module):
     """First-stage block: depthwise conv, SE, pointwise projection (no expansion)."""
+
+    __jit_ignored_attributes__ = ["spec"]
+    # (conv, the BatchNorm that normalises its output): what optimize_for_inference folds
+    conv_bn_pairs = (("conv_dw", "bn1"), ("conv_pw", "bn2"))
 
     def __init__(self, spec: BlockSpec, bn_eps: float, bn_momentum: float, drop_path: float = 0.0) -> None:
         super().__init__()
@@ -48,6 +56,9 @@ class InvertedResidual(nn.Module):
     With `spec.experts > 0` the three convs are CondConv: one routing vector per sample, computed
     from the block's globally pooled input, weights the experts of all three (SE stays static).
     """
+
+    __jit_ignored_attributes__ = ["spec"]
+    conv_bn_pairs = (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3"))
 
     def __init__(self, spec: BlockSpec, bn_eps: float, bn_momentum: float, drop_path: float = 0.0) -> None:
         super().__init__()
@@ -85,6 +96,59 @@ class InvertedResidual(nn.Module):
         x = self.bn3(self.conv_pwl(x, *r))
         if self.has_skip:
             x = self.drop_path(x) + shortcut
+        return x
+
+
+# symbolic tracing records no checkpoint calls (newer torch tells symbolic tracing and export apart)
+_fx_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing",
+                      torch.fx._symbolic_trace.is_fx_tracing)
+
+
+class _KeepBatchNormStats:
+    """Context for a checkpointed block's recomputation: BatchNorm running statistics are put back
+    as the original forward left them, so checkpointing updates them once, as plain training does."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d) and m.training
+                      and m.track_running_stats]
+        self.saved: list[list[Tensor]] = []
+
+    def __enter__(self) -> None:
+        self.saved = [[b.clone() for b in m.buffers(recurse=False)] for m in self.norms]
+
+    def __exit__(self, *exc: Any) -> None:
+        with torch.no_grad():
+            for m, saved in zip(self.norms, self.saved):
+                for b, s in zip(m.buffers(recurse=False), saved):
+                    b.copy_(s)
+        self.saved = []
+
+
+class Stage(nn.Sequential):
+    """The blocks of one stage; with `grad_checkpointing` each block's activations are recomputed in
+    backward instead of stored (set through the model's `set_grad_checkpointing`)."""
+
+    def __init__(self, *blocks: Any) -> None:
+        super().__init__(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting() and self.grad_checkpointing and self._can_checkpoint():
+            return self._checkpointed(x)
+        for block in self:
+            x = block(x)
+        return x
+
+    @torch.jit.unused
+    def _can_checkpoint(self) -> bool:
+        return torch.is_grad_enabled() and not _fx_tracing()
+
+    @torch.jit.unused
+    def _checkpointed(self, x: Tensor) -> Tensor:
+        for block in self:
+            def contexts(block: nn.Module = block) -> tuple[ContextManager, ContextManager]:
+                return nullcontext(), _KeepBatchNormStats(block)
+            x = checkpoint(block, x, use_reentrant=False, context_fn=contexts)
         return x
 
 

@@ -51,6 +51,18 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = True) -> dict[str, 
     return extract_state_dict(obj, str(path), use_ema)
 
 
+def has_ema_weights(path: str | os.PathLike) -> bool:
+    """Whether a weights file is a training checkpoint holding EMA weights (safetensors files never do)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return False
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable files are reported by read_state_dict, which the caller has already used
+        return False
+    return isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping) and obj[k] for k in STATE_DICT_ENTRIES[:2])
+
+
 def extract_state_dict(obj: object, source: str = "checkpoint", use_ema: bool = True) -> dict[str, Tensor]:
     """The tensor dict inside a loaded checkpoint object, with wrapper prefixes stripped."""
     if not isinstance(obj, Mapping):
@@ -70,7 +82,19 @@ def extract_state_dict(obj: object, source: str = "checkpoint", use_ema: bool = 
         sd[k] = v
     if not sd:
         raise CheckpointError(f"{source} contains no tensors (keys: {', '.join(map(str, list(obj)[:8]))})")
+    check_finite(sd, source)
     return sd
+
+
+def check_finite(state_dict: Mapping[str, Tensor], source: str = "checkpoint") -> None:
+    """Refuse weights holding NaN or infinity (a diverged or damaged file), naming the first tensor;
+    a model loaded from them would print NaN probabilities rather than fail."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() or v.is_complex()
+           if not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise CheckpointError(f"{source}: tensor {bad[0]!r} holds NaN or infinite values{more}; "
+                              "the weights are damaged or come from a diverged run")
 
 
 def _listing(items: list[str], limit: int = 20) -> str:

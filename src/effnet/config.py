@@ -79,7 +79,7 @@ class PretrainedCfg:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The seeds' model-index metadata for a published variant."""
+    """The published model-index metadata of a variant (from the papers' releases)."""
 
     collection: str
     paper: str

@@ -2,7 +2,10 @@
 
 
 class EffnetError(Exception):
-    """Base class: the CLI prints these as one line instead of a traceback."""
+    """Base class: the CLI prints these as one line instead of a traceback, and exits with
+    `exit_code` (2: the input or a flag is wrong; subclasses for runtime failures use 1)."""
+
+    exit_code = 2
 
 
 class UnknownModelError(EffnetError, ValueError):

@@ -6,16 +6,18 @@ the tap-sum formulation (see `CondConv2d`), which has no batch-sized group count
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from . import outputs
 from .errors import EffnetError
+from .extras import require
 from .optimize import optimize_for_inference
 
 FORMATS = ("onnx", "torchscript", "pt2")
@@ -23,24 +25,9 @@ VERIFY_BATCHES = (1, 3)
 
 
 class ExportError(EffnetError):
-    """Export failed, or the exported file does not reproduce the PyTorch model."""
+    """Export failed, or the exported file does not reproduce the PyTorch model (exit status 1)."""
 
-
-def _atomic_write(output: Path, write: Callable[[str], None]) -> None:
-    """Have `write` fill a temporary file next to `output`, then move it into place."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    # the suffix stays last: torch.export.load only reads files named *.pt2
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.stem}.tmp-", suffix=output.suffix, dir=output.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever ships the file
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    exit_code = 1
 
 
 def _export_onnx(model: nn.Module, x: Tensor, path: str, dynamic_batch: bool, opset: int) -> None:
@@ -67,10 +54,7 @@ def _export_pt2(model: nn.Module, x: Tensor, path: str, dynamic_batch: bool) -> 
 
 def _load_runner(fmt: str, path: Path) -> Callable[[Tensor], Tensor]:
     if fmt == "onnx":
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ExportError("verifying an ONNX export needs onnxruntime (pip install 'effnet[export]')") from None
+        ort = require("onnxruntime", extra="export", purpose="verifying an ONNX export")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
@@ -84,7 +68,13 @@ def _load_runner(fmt: str, path: Path) -> Callable[[Tensor], Tensor]:
 def verify(fmt: str, path: Path, model: nn.Module, img_size: tuple[int, int], batches: tuple[int, ...],
            rtol: float = 1e-4) -> dict[int, float]:
     """Run the exported file and `model` on the same random input per batch size; max relative error."""
-    run = _load_runner(fmt, path)
+    try:
+        run = _load_runner(fmt, path)
+    except EffnetError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a file its own runtime cannot load is a failed export
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ExportError(f"the exported {fmt} file cannot be loaded back ({type(e).__name__}: {detail})") from e
     g = torch.Generator().manual_seed(0)
     errors: dict[int, float] = {}
     for b in batches:
@@ -106,18 +96,49 @@ def verify(fmt: str, path: Path, model: nn.Module, img_size: tuple[int, int], ba
     return errors
 
 
+def onnx_metadata(model_name: str, data_config: Mapping[str, Any], label_names: Sequence[str] | None,
+                  version: str) -> dict[str, str]:
+    """What a consumer needs to use the file alone: preprocessing, class names, provenance.
+    Lists are JSON; the rest plain strings."""
+    meta = {"model_name": model_name, "effnet_version": version,
+            "input_size": json.dumps([int(v) for v in data_config["input_size"]]),
+            "interpolation": str(data_config["interpolation"]), "crop_pct": repr(float(data_config["crop_pct"])),
+            "crop_mode": str(data_config.get("crop_mode", "center")),
+            "mean": json.dumps([float(v) for v in data_config["mean"]]),
+            "std": json.dumps([float(v) for v in data_config["std"]])}
+    if label_names is not None:
+        meta["label_names"] = json.dumps(list(label_names))
+    return meta
+
+
+def _set_onnx_metadata(path: str, metadata: Mapping[str, str]) -> None:
+    import onnx
+    proto = onnx.load(path)
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, path)
+
+
 def export_model(model: nn.Module, output: str | Path, fmt: str, *, img_size: int | tuple[int, int] = 224,
-                 dynamic_batch: bool = True, opset: int = 17, check: bool = True) -> dict[int, float]:
+                 dynamic_batch: bool = True, opset: int = 17, check: bool = True,
+                 inputs: Iterable[str | os.PathLike | None] = (),
+                 metadata: Mapping[str, str] | None = None) -> dict[int, float]:
     """Export an effnet classifier (BatchNorm folded, fp32) and verify the written file.
 
     Returns the relative error per verified batch size (1 and 3 with a dynamic batch, else the
     traced batch only). The file appears only once complete; on failure nothing is left behind.
+    `output` may not be a folder, link, device or one of `inputs` (the files the model came from).
+    `metadata` (string pairs, see `onnx_metadata`) goes into an ONNX file's metadata_props.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
-    output = Path(output)
-    if output.is_dir():
-        raise ExportError(f"--output {output} is a directory; give a file name")
+    if fmt == "onnx":
+        require("onnx", extra="export", purpose="ONNX export")
+        if check:
+            require("onnxruntime", extra="export", purpose="verifying an ONNX export")
+    output = outputs.check_output_file(output, inputs=inputs)
     hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     model = model.eval().float()
     prepared = optimize_for_inference(model, channels_last=False, input_size=hw)
@@ -135,10 +156,13 @@ def export_model(model: nn.Module, output: str | Path, fmt: str, *, img_size: in
             raise
         except Exception as e:  # noqa: BLE001 - exporter internals raise many types
             raise ExportError(f"exporting to {fmt} failed: {type(e).__name__}: {e}") from e
+        if fmt == "onnx" and metadata:
+            _set_onnx_metadata(tmp, metadata)
         if check:
             nonlocal errors
             errors = verify(fmt, Path(tmp), model, hw, VERIFY_BATCHES if dynamic_batch else (1,))
 
     errors: dict[int, float] = {}
-    _atomic_write(output, write_and_check)
+    # the suffix stays last: torch.export.load only reads files named *.pt2
+    outputs.atomic_write(output, write_and_check, keep_suffix=True)
     return errors

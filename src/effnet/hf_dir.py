@@ -10,27 +10,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
+from . import outputs
 from .config import PretrainedCfg
 from .model import EfficientNet
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)` on a temporary file next to `path`, then move it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Call `write(tmp_path)` on a temporary file next to `path`, then move it into place
+    (effnet.outputs.atomic_write: umask permissions, no partial file under the final name)."""
+    outputs.atomic_write(path, write)
 
 
 def _jsonable(value: Any) -> Any:
@@ -42,10 +35,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def hf_config(model: EfficientNet, class_names: Sequence[str] | None = None,
-              architecture: str | None = None) -> dict[str, Any]:
-    """The config.json content for `model`."""
+              architecture: str | None = None, pretrained_overlay: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The config.json content for `model`, in the layout timm's `local-dir:`/`hf-hub:` read:
+    `architecture`, `num_classes`, `label_names` and `pretrained_cfg` (the preprocessing), plus
+    effnet's full architecture under `effnet_config`. `pretrained_overlay` replaces entries of the
+    model's pretrained config (e.g. a training run's input size)."""
     known = {f.name for f in dataclasses.fields(PretrainedCfg)}
-    overlay = {k: tuple(v) if isinstance(v, list) else v for k, v in model.pretrained_cfg.items() if k in known}
+    merged = {**model.pretrained_cfg, **(pretrained_overlay or {})}
+    overlay = {k: tuple(v) if isinstance(v, list) else v for k, v in merged.items() if k in known}
     overlay.update(num_classes=model.num_classes, file=None)
     cfg = dataclasses.replace(model.cfg, pretrained=dataclasses.replace(model.cfg.pretrained, **overlay))
     meta: dict[str, Any] = {
@@ -59,12 +56,12 @@ def hf_config(model: EfficientNet, class_names: Sequence[str] | None = None,
         names = [str(c) for c in class_names]
         if len(names) != model.num_classes:
             raise ValueError(f"{len(names)} class names for a model with {model.num_classes} classes")
-        meta["class_names"] = names
+        meta["label_names"] = names
     return meta
 
 
 def save_hf_dir(model: nn.Module, folder: str | os.PathLike, *, class_names: Sequence[str] | None = None,
-                architecture: str | None = None) -> Path:
+                architecture: str | None = None, pretrained_overlay: Mapping[str, Any] | None = None) -> Path:
     """Write `model` into `folder` (created if needed) as config.json and model.safetensors.
 
     Each file is written to a temporary name in the folder and then renamed, so a reader never
@@ -76,9 +73,9 @@ def save_hf_dir(model: nn.Module, folder: str | os.PathLike, *, class_names: Seq
 
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"output {str(folder)!r} exists and is not a folder")
+        raise outputs.OutputPathError(f"output {str(folder)!r} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    meta = hf_config(model, class_names, architecture)
+    meta = hf_config(model, class_names, architecture, pretrained_overlay)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write(folder / "model.safetensors",
                   lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))

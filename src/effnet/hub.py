@@ -12,12 +12,12 @@ keeps effnet off the network; cached files and file:// URLs still work.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import socket
-import sys
 import tempfile
-import time
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,7 +26,13 @@ from typing import BinaryIO
 
 import torch
 
+from . import outputs
+from . import progress as bars
+from .extras import install_hint
+
+_LOG = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT = 30.0  # seconds a network read may stall before the download is abandoned
+PROBE_TIMEOUT = 3.0  # seconds one connection attempt may take before the network counts as unreachable
 HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # preferred first
 _CHUNK = 1 << 20
 _HASH_SUFFIX = re.compile(r"^([0-9a-f]+)(\.|$)")
@@ -59,6 +65,52 @@ def offline() -> bool:
     except ImportError:
         pass
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+_PROBES: dict[tuple[str, int], str | None] = {}
+
+
+def unreachable(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why `url`'s server cannot be reached (name lookup and a TCP connection, `timeout` seconds at
+    most), or None when it can. One probe per host and port per process, so effnet decides "no
+    network" once and quickly instead of sitting through a client's retries."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return None
+    try:
+        key = (parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80))
+    except ValueError:
+        return f"{url!r} has an invalid port"
+    if key not in _PROBES:
+        _PROBES[key] = _probe(*key, timeout)
+    return _PROBES[key]
+
+
+def _probe(host: str, port: int, timeout: float) -> str | None:
+    # the name lookup ignores socket timeouts, so it runs in a thread that may be abandoned
+    result: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as e:
+            result.append(f"{host}:{port} unreachable ({e.strerror or type(e).__name__})")
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    return result[0] if result else f"{host}:{port} did not answer within {timeout:g}s"
+
+
+def set_aside(path: Path, digest: str) -> Path:
+    """Rename a cached file whose hash does not match its name out of the way (never delete what a
+    user may have put there); returns the new name."""
+    aside = path.with_name(f"{path.name}.sha256-{digest[:8]}.mismatch")
+    os.replace(path, aside)
+    _LOG.warning(f"{path} does not match the sha256 prefix in its name (its sha256 begins {digest[:8]}); "
+                 f"renamed it to {aside.name} and looking for the right file")
+    return aside
 
 
 def hash_prefix(filename: str) -> str | None:
@@ -95,23 +147,32 @@ def download_url(url: str, *, timeout: float | None = None, progress: bool | Non
     """The cached copy of `url`, downloading it first if needed.
 
     A cached copy is re-hashed before use; one that no longer matches its name's sha256 prefix
-    is deleted and fetched again. Raises DownloadError saying what went wrong (unreachable,
-    HTTP error, timeout, truncated body, hash mismatch); nothing is left in the cache then.
-    `progress=None` shows a progress bar only when stderr is a terminal.
+    is renamed aside (`NAME.sha256-XXXXXXXX.mismatch`, with a warning) and fetched again. The
+    server is probed once first (`unreachable`), so no network is reported within seconds.
+    Raises DownloadError saying what went wrong (unreachable, HTTP error, timeout, truncated body,
+    hash mismatch); nothing is left in the cache then.
+    `progress=None` shows a progress bar only when stderr is a terminal (and not with `effnet -q`).
     """
     dest = cached_url_path(url)
     expected = hash_prefix(dest.name)
+    aside = None
     try:
         if dest.is_file():
-            if expected is None or sha256_of(dest).startswith(expected):
+            digest = sha256_of(dest)
+            if expected is None or digest.startswith(expected):
                 return dest
-            dest.unlink()  # corrupted after it was written: fetch it again
+            aside = set_aside(dest, digest)
         is_local = urllib.parse.urlparse(url).scheme == "file"
+        moved = f"; the cached file with the wrong hash was renamed to {aside}" if aside else ""
         if offline() and not is_local:
-            raise DownloadError(f"not in the cache ({dest}) and HF_HUB_OFFLINE is set, so it was not downloaded")
+            raise DownloadError(f"not in the cache ({dest}) and HF_HUB_OFFLINE is set, so it was not "
+                                f"downloaded{moved}")
+        why = unreachable(url)
+        if why:
+            raise DownloadError(f"not in the cache ({dest}), and no network ({why}){moved}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         _download_to(url, dest, expected, DOWNLOAD_TIMEOUT if timeout is None else timeout,
-                     sys.stderr.isatty() if progress is None else progress)
+                     bars.enabled() if progress is None else progress)
     except DownloadError:
         raise
     except OSError as e:  # an unwritable or full cache folder, not a network problem
@@ -120,7 +181,10 @@ def download_url(url: str, *, timeout: float | None = None, progress: bool | Non
 
 
 def _download_to(url: str, dest: Path, expected: str | None, timeout: float, progress: bool) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    # named as effnet.outputs names temporaries, so one left by a killed download is cleaned up later
+    outputs.clean_stale_temps(dest.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}{outputs.TEMP_MARK}{os.getpid()}-", suffix=".partial",
+                                    dir=dest.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -130,6 +194,7 @@ def _download_to(url: str, dest: Path, expected: str | None, timeout: float, pro
         if expected is not None and not digest.startswith(expected):
             raise DownloadError(f"hash mismatch: sha256 of the download is {digest[:16]}..., but the "
                                 f"file name {dest.name!r} says it starts with {expected}; not cached")
+        os.chmod(tmp, outputs.file_mode())  # mkstemp's 0600 would differ from every other file the user has
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -144,15 +209,13 @@ def _fetch(url: str, out: BinaryIO, timeout: float, progress: bool, label: str) 
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            bar = _Progress(label, total) if progress else None
-            while chunk := resp.read(_CHUNK):
-                out.write(chunk)
-                h.update(chunk)
-                received += len(chunk)
-                if bar:
-                    bar.update(received)
-            if bar:
-                bar.close()
+            with bars.bar(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024, show=progress,
+                          force=progress) as bar:
+                while chunk := resp.read(_CHUNK):
+                    out.write(chunk)
+                    h.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
     except urllib.error.HTTPError as e:
         raise DownloadError(f"HTTP error {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
@@ -174,29 +237,13 @@ def _fetch(url: str, out: BinaryIO, timeout: float, progress: bool, label: str) 
     return h.hexdigest()
 
 
-class _Progress:
-    """A one-line progress bar on stderr, redrawn at most ten times a second."""
-
-    def __init__(self, label: str, total: int | None) -> None:
-        self.label, self.total, self.last = label, total, 0.0
-
-    def update(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.1 and done != self.total:
-            return
-        self.last = now
-        if self.total:
-            filled = int(30 * done / self.total)
-            line = (f"{self.label}: [{'#' * filled}{'.' * (30 - filled)}] "
-                    f"{done / 1e6:.1f}/{self.total / 1e6:.1f} MB")
-        else:
-            line = f"{self.label}: {done / 1e6:.1f} MB"
-        sys.stderr.write("\r" + line)
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        sys.stderr.write("\n")
-        sys.stderr.flush()
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub (HF_ENDPOINT) cannot be reached, or None (see `unreachable`)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    return unreachable(constants.ENDPOINT)
 
 
 def hf_hub_weights(repo_id: str) -> tuple[Path | None, list[str]]:
@@ -208,27 +255,48 @@ def hf_hub_weights(repo_id: str) -> tuple[Path | None, list[str]]:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        return None, ["huggingface_hub is not installed (pip install 'effnet[hub]'), source skipped"]
+        return None, [f"huggingface_hub is not installed ({install_hint('hub')}), source skipped"]
     from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import disable_progress_bars
+    if not bars.enabled():  # `effnet -q`, or stderr is not a terminal: no bars from huggingface_hub either
+        disable_progress_bars()
 
     from . import __version__
     failures: dict[str, list[str]] = {}
-    unreachable = False
+    # one quick probe instead of huggingface_hub's retries: without network, read the cache only
+    no_network = None if offline() else hub_unreachable()
+    cache_only = no_network is not None
     for filename in HF_FILENAMES:
         try:
-            # once the hub proved unreachable, asking again only repeats huggingface_hub's retries
             path = hf_hub_download(repo_id, filename, library_name="effnet", library_version=__version__,
-                                   local_files_only=unreachable)
+                                   local_files_only=cache_only)
             return Path(path), []
         except LocalEntryNotFoundError as e:
-            unreachable = True
+            cache_only = True  # once the hub proved unreachable, asking again only repeats its retries
             why = ("not in the local cache and HF_HUB_OFFLINE is set" if offline() else
+                   "not in the local cache, and no network" if no_network else
                    f"not in the local cache and the hub could not be reached"
                    f"{f' ({_first_line(e.__cause__)})' if e.__cause__ else ''}")
         except Exception as e:  # huggingface_hub raises many unrelated types; all mean "not here"
             why = _first_line(e)
         failures.setdefault(why, []).append(filename)
     return None, [f"{', '.join(names)}: {why}" for why, names in failures.items()]
+
+
+def hf_hub_file(repo_id: str, filename: str) -> tuple[Path | None, str]:
+    """One file of a hub repo through huggingface_hub's cache: (path, "") or (None, why not)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        return None, "huggingface_hub is not installed (pip install 'effnet[hub]')"
+    from . import __version__
+    no_network = None if offline() else hub_unreachable()
+    try:
+        return Path(hf_hub_download(repo_id, filename, library_name="effnet", library_version=__version__,
+                                    local_files_only=no_network is not None)), ""
+    except Exception as e:  # huggingface_hub raises many unrelated types; all mean "not here"
+        return None, ("not in the local cache and HF_HUB_OFFLINE is set" if offline() else
+                      f"not in the local cache, and no network ({no_network})" if no_network else _first_line(e))
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,15 +1,45 @@
 """Layers the blocks are made of: TF 'SAME' convolution, CondConv, squeeze-and-excitation, drop path."""
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: TorchScript reads these annotations as objects
 import math
+from typing import Callable, Optional, Tuple
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# What FX tracing must not enter, registered as timm registers its notrace lists: functions here are
+# also wrapped with torch.fx.wrap (so plain torch.fx.symbolic_trace records them as calls), and
+# effnet's FX feature extraction treats both as leaves. They branch on input sizes or memory layout,
+# which a symbolic trace cannot see.
+_NOTRACE_MODULES: set[type[nn.Module]] = set()
+_NOTRACE_FUNCTIONS: set[Callable] = set()
 
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+
+def register_notrace_module(cls: type[nn.Module]) -> type[nn.Module]:
+    """Mark a module class as a leaf for effnet's FX feature extraction (timm's decorator of that name)."""
+    _NOTRACE_MODULES.add(cls)
+    return cls
+
+
+def register_notrace_function(fn: Callable) -> Callable:
+    """Mark a function as a leaf for FX tracing; the defining module must also `torch.fx.wrap` it."""
+    _NOTRACE_FUNCTIONS.add(fn)
+    return fn
+
+
+def get_notrace_modules() -> list[type[nn.Module]]:
+    """Module classes FX feature extraction does not trace into."""
+    return list(_NOTRACE_MODULES)
+
+
+def get_notrace_functions() -> list[Callable]:
+    """Functions FX tracing records as single calls."""
+    return list(_NOTRACE_FUNCTIONS)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> Tuple[int, int]:
     """TensorFlow 'SAME' padding along one axis: (before, after); the odd pixel goes after."""
     out = (size + stride - 1) // stride
     total = max((out - 1) * stride + kernel - size, 0)
@@ -20,11 +50,12 @@ def pad_same(x: Tensor, kernel: int, stride: int) -> Tensor:
     """Pad a (B, C, H, W) tensor so a strided conv matches TF 'SAME' at this input size."""
     top, bottom = same_padding(x.shape[-2], kernel, stride)
     left, right = same_padding(x.shape[-1], kernel, stride)
-    if top == bottom == left == right == 0:
+    if top + bottom + left + right == 0:
         return x
-    return F.pad(x, (left, right, top, bottom))
+    return F.pad(x, [left, right, top, bottom])
 
 
+@torch.jit.unused
 def _tracing() -> bool:
     """True while torch.compile, torch.export, the ONNX exporter or TorchScript tracing records
     the graph: CondConv then uses formulations without a batch-sized group count."""
@@ -32,14 +63,78 @@ def _tracing() -> bool:
             or torch.onnx.is_in_onnx_export())
 
 
-def _static_or_same_pad(x: Tensor, kernel: int, stride: int, static_pad: tuple[int, ...] | None,
-                        static_size: tuple[int, int] | None) -> Tensor:
+@register_notrace_function
+@torch.fx.wrap
+def _static_or_same_pad(x: Tensor, kernel: int, stride: int, static_pad: Optional[Tuple[int, int, int, int]],
+                        static_size: Optional[Tuple[int, int]]) -> Tensor:
     """TF 'SAME' padding, taken from `static_pad` when the input has the size it was fixed for."""
-    if static_pad is not None and tuple(x.shape[-2:]) == static_size:
-        return F.pad(x, static_pad) if any(static_pad) else x
+    if static_pad is not None and static_size is not None and (
+            x.shape[-2] == static_size[0] and x.shape[-1] == static_size[1]):
+        if static_pad[0] + static_pad[1] + static_pad[2] + static_pad[3] == 0:
+            return x
+        return F.pad(x, [static_pad[0], static_pad[1], static_pad[2], static_pad[3]])
     return pad_same(x, kernel, stride)
 
 
+@register_notrace_function
+@torch.fx.wrap
+def condconv_pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_chs: int) -> Tensor:
+    """Per-sample 1x1 conv as one batched matmul, in whichever memory format `x` has
+    (channels-last inputs give channels-last outputs without a copy). `weight`: (B, O*I)."""
+    B, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    w = weight.view(B, out_chs, C)  # (B, O, I)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        # (B, H*W, I) @ (B, I, O): the channels-last memory is already (B, H*W, C)
+        flat = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+        if bias is None:
+            out = torch.bmm(flat, w.transpose(1, 2))
+        else:
+            out = torch.baddbmm(bias.view(1, 1, -1), flat, w.transpose(1, 2))
+        return out.view(B, H, W, out_chs).permute(0, 3, 1, 2)
+    flat = x.reshape(B, C, H * W)
+    if bias is None:
+        out = torch.bmm(w, flat)  # (B, O, I) @ (B, I, H*W)
+    else:
+        out = torch.baddbmm(bias.view(1, -1, 1), w, flat)
+    return out.view(B, out_chs, H, W)
+
+
+@register_notrace_function
+@torch.fx.wrap
+def condconv_grouped(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_chs: int, groups: int,
+                     kernel: int, stride: int, pad: int) -> Tensor:
+    """Per-sample conv as one conv over the batch folded into channels, with groups * batch groups
+    (`x` already 'SAME'-padded where strided). `weight`: (B, O*I/g*k*k)."""
+    B, C = x.shape[0], x.shape[1]
+    w = weight.view(B * out_chs, C // groups, kernel, kernel)  # (B*O, I/g, k, k)
+    b = None if bias is None else bias.repeat(B)
+    out = F.conv2d(x.contiguous().view(1, B * C, x.shape[2], x.shape[3]), w, b, stride=stride,
+                   padding=pad, groups=B * groups)  # (1, B*O, H', W')
+    return out.view(B, out_chs, out.shape[2], out.shape[3])
+
+
+@register_notrace_function
+@torch.fx.wrap
+def condconv_depthwise_taps(x: Tensor, weight: Tensor, bias: Optional[Tensor], kernel: int, stride: int,
+                            pad: int) -> Tensor:
+    """Per-sample depthwise conv as sum_{i,j} shift_{i,j}(x) * w[b, c, i, j]: no batch-sized group
+    count, so a recorded graph (torch.compile, export) keeps the batch dimension dynamic."""
+    k, s = kernel, stride
+    if pad:
+        x = F.pad(x, [pad, pad, pad, pad])
+    h_out = (x.shape[-2] - k) // s + 1
+    w_out = (x.shape[-1] - k) // s + 1
+    w = weight.view(x.shape[0], x.shape[1], k * k, 1, 1)
+    out = x[:, :, 0:(h_out - 1) * s + 1:s, 0:(w_out - 1) * s + 1:s] * w[:, :, 0]
+    for t in range(1, k * k):
+        i, j = t // k, t % k
+        out = out + x[:, :, i:i + (h_out - 1) * s + 1:s, j:j + (w_out - 1) * s + 1:s] * w[:, :, t]
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out
+
+
+@register_notrace_module
 class Conv2dSame(nn.Conv2d):
     """Conv2d with TF 'SAME' padding, which the published weights were trained with.
 
@@ -49,13 +144,16 @@ class Conv2dSame(nn.Conv2d):
     dynamically, so results never depend on it.
     """
 
+    static_pad: Optional[Tuple[int, int, int, int]]
+    static_size: Optional[Tuple[int, int]]
+
     def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1,
                  bias: bool = False) -> None:
         super().__init__(in_chs, out_chs, kernel, stride, padding=(kernel - 1) // 2 if stride == 1 else 0,
                          groups=groups, bias=bias)
         self.dynamic_pad = stride > 1
-        self.static_pad: tuple[int, int, int, int] | None = None
-        self.static_size: tuple[int, int] | None = None
+        self.static_pad = None
+        self.static_size = None
 
     def set_static_pad(self, height: int, width: int) -> None:
         """Fix the padding for (height, width) inputs; a symmetric one moves into the conv itself."""
@@ -71,6 +169,7 @@ class Conv2dSame(nn.Conv2d):
         return self._conv_forward(x, self.weight, self.bias)
 
 
+@register_notrace_module
 class CondConv2d(nn.Module):
     """Conditionally parameterised convolution (Yang et al., 2019).
 
@@ -88,6 +187,9 @@ class CondConv2d(nn.Module):
     `bias` is None unless BatchNorm was folded in (`effnet.optimize_for_inference`).
     """
 
+    static_pad: Optional[Tuple[int, int, int, int]]
+    static_size: Optional[Tuple[int, int]]
+
     def __init__(self, in_chs: int, out_chs: int, kernel: int, stride: int = 1, groups: int = 1,
                  experts: int = 4) -> None:
         super().__init__()
@@ -96,8 +198,8 @@ class CondConv2d(nn.Module):
         self.weight_shape = (out_chs, in_chs // groups, kernel, kernel)
         self.weight = nn.Parameter(torch.empty(experts, math.prod(self.weight_shape)))
         self.register_parameter("bias", None)  # a Parameter only once BatchNorm is folded in
-        self.static_pad: tuple[int, int, int, int] | None = None
-        self.static_size: tuple[int, int] | None = None
+        self.static_pad = None
+        self.static_size = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -115,65 +217,14 @@ class CondConv2d(nn.Module):
     def forward(self, x: Tensor, routing: Tensor) -> Tensor:
         weight = routing.to(self.weight.dtype) @ self.weight  # (B, E) @ (E, O*I*k*k) -> (B, O*I*k*k)
         if self.kernel == 1 and self.groups == 1:
-            return self._pointwise(x, weight)
-        if self.groups != self.in_chs or self.in_chs != self.out_chs:
-            return self._grouped(x, weight)
+            return condconv_pointwise(x, weight, self.bias, self.out_chs)
         if self.stride > 1:
             x = _static_or_same_pad(x, self.kernel, self.stride, self.static_pad, self.static_size)
-            pad = 0
-        else:
-            pad = (self.kernel - 1) // 2
-        if _tracing():
-            return self._depthwise_taps(x, weight, pad)
-        return self._grouped(x, weight, padded=True)
-
-    def _pointwise(self, x: Tensor, weight: Tensor) -> Tensor:
-        B, C, H, W = x.shape
-        w = weight.view(B, self.out_chs, C)  # (B, O, I)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            # (B, H*W, I) @ (B, I, O): the channels-last memory is already (B, H*W, C)
-            flat = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
-            if self.bias is None:
-                out = torch.bmm(flat, w.transpose(1, 2))
-            else:
-                out = torch.baddbmm(self.bias.view(1, 1, -1), flat, w.transpose(1, 2))
-            return out.view(B, H, W, self.out_chs).permute(0, 3, 1, 2)
-        flat = x.reshape(B, C, H * W)
-        if self.bias is None:
-            out = torch.bmm(w, flat)  # (B, O, I) @ (B, I, H*W)
-        else:
-            out = torch.baddbmm(self.bias.view(1, -1, 1), w, flat)
-        return out.view(B, self.out_chs, H, W)
-
-    def _grouped(self, x: Tensor, weight: Tensor, padded: bool = False) -> Tensor:
-        """One conv over the batch folded into channels, with groups * batch groups."""
-        B, C = x.shape[:2]
-        if not padded and self.stride > 1:
-            x = _static_or_same_pad(x, self.kernel, self.stride, self.static_pad, self.static_size)
         pad = (self.kernel - 1) // 2 if self.stride == 1 else 0
-        weight = weight.view(B * self.out_chs, *self.weight_shape[1:])  # (B*O, I/g, k, k)
-        bias = None if self.bias is None else self.bias.repeat(B)
-        out = F.conv2d(x.contiguous().view(1, B * C, *x.shape[-2:]), weight, bias, stride=self.stride,
-                       padding=pad, groups=B * self.groups)  # (1, B*O, H', W')
-        return out.view(B, self.out_chs, *out.shape[-2:])
-
-    def _depthwise_taps(self, x: Tensor, weight: Tensor, pad: int) -> Tensor:
-        """Depthwise conv as sum_{i,j} shift_{i,j}(x) * w[b, c, i, j]: no batch-sized groups."""
-        k, s = self.kernel, self.stride
-        if pad:
-            x = F.pad(x, (pad, pad, pad, pad))
-        h_out = (x.shape[-2] - k) // s + 1
-        w_out = (x.shape[-1] - k) // s + 1
-        w = weight.view(x.shape[0], self.out_chs, k * k, 1, 1)
-        out = None
-        for i in range(k):
-            for j in range(k):
-                tap = x[:, :, i:i + (h_out - 1) * s + 1:s, j:j + (w_out - 1) * s + 1:s] * w[:, :, i * k + j]
-                out = tap if out is None else out + tap
-        assert out is not None
-        if self.bias is not None:
-            out = out + self.bias.view(1, -1, 1, 1)
-        return out
+        depthwise = self.groups == self.in_chs and self.in_chs == self.out_chs
+        if depthwise and not torch.jit.is_scripting() and _tracing():
+            return condconv_depthwise_taps(x, weight, self.bias, self.kernel, self.stride, pad)
+        return condconv_grouped(x, weight, self.bias, self.out_chs, self.groups, self.kernel, self.stride, pad)
 
     def extra_repr(self) -> str:
         return (f"{self.in_chs}, {self.out_chs}, kernel_size={self.kernel}, stride={self.stride}, "
@@ -215,6 +266,7 @@ class SqueezeExcite(nn.Module):
         return x * s.sigmoid()
 
 
+@register_notrace_module  # a leaf, so an FX graph still drops paths only in train mode
 class DropPath(nn.Module):
     """Stochastic depth: drops a residual branch for whole samples while training."""
 

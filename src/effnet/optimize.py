@@ -14,13 +14,6 @@ from .errors import EffnetError
 from .layers import CondConv2d, Conv2dSame
 from .model import EfficientNet, EfficientNetFeatures
 
-# Which conv each BatchNorm normalises, per module type (attribute names of model.py / blocks.py).
-_BN_AFTER_CONV: dict[str, dict[str, str]] = {
-    "EfficientNet": {"bn1": "conv_stem", "bn2": "conv_head"},
-    "EfficientNetFeatures": {"bn1": "conv_stem"},
-    "DepthwiseSeparable": {"bn1": "conv_dw", "bn2": "conv_pw"},
-    "InvertedResidual": {"bn1": "conv_pw", "bn2": "conv_dw", "bn3": "conv_pwl"},
-}
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -58,10 +51,11 @@ def fold_batch_norm(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
 
 
 def _fold_all(model: nn.Module) -> int:
-    """Fold every conv -> BatchNorm pair and replace the BatchNorm by Identity; returns the count."""
+    """Fold every conv -> BatchNorm pair that a module declares in its `conv_bn_pairs` and replace
+    the BatchNorm by Identity; returns the count."""
     folded = 0
     for module in list(model.modules()):
-        for bn_name, conv_name in _BN_AFTER_CONV.get(type(module).__name__, {}).items():
+        for conv_name, bn_name in getattr(module, "conv_bn_pairs", ()):
             conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
             if isinstance(bn, nn.BatchNorm2d) and isinstance(conv, (nn.Conv2d, CondConv2d)):
                 fold_batch_norm(conv, bn)

@@ -46,17 +46,37 @@ def fetch_pretrained(cfg: ModelConfig) -> Path:
             tried.append(f"url {p.url}: {e}")
     else:
         tried.append("url: not set")
+    raise PretrainedUnavailableError(unavailable_message(cfg, tried))
+
+
+def unavailable_message(cfg: ModelConfig, tried: list[str]) -> str:
+    """Why no weights were found, the exact files effnet reads, how to fill them from a connected
+    machine, and how to use a file the user already has (command line and Python)."""
+    p = cfg.pretrained
     hf_cache = hub.hub_cache_dir()
-    folders = [f"torch hub checkpoints {hub.checkpoint_dir()} (TORCH_HOME)"]
-    if hf_cache is not None:
-        folders.insert(0, f"Hugging Face cache {hf_cache} (HF_HOME / HF_HUB_CACHE)")
-    lines = "\n".join(f"  - {t}" for t in tried)
-    raise PretrainedUnavailableError(
-        f"no pretrained weights for {cfg.name} could be found or downloaded.\n"
-        f"Sources tried:\n{lines}\n"
-        f"Cache folders looked in: {'; '.join(folders)}.\n"
-        f"To use a weights file you already have: create_model({cfg.name!r}, pretrained=True, "
-        f"pretrained_cfg_overlay=dict(file='PATH')) or create_model({cfg.name!r}, checkpoint_path='PATH').")
+    reads: list[str] = []
+    fill: list[str] = []
+    if p.hf_hub_id and hf_cache is not None:
+        repo = hf_cache / f"models--{p.hf_hub_id.replace('/', '--')}" / "snapshots" / "REVISION"
+        reads.append(f"{repo / hub.HF_FILENAMES[0]} (or {hub.HF_FILENAMES[1]}); the Hugging Face cache follows "
+                     f"HF_HOME / HF_HUB_CACHE")
+        fill.append(f"`hf download {p.hf_hub_id}` on a connected machine, then copy its "
+                    f"models--{p.hf_hub_id.replace('/', '--')} folder into {hf_cache}")
+    if p.url:
+        target = hub.checkpoint_dir() / hub.url_filename(p.url)
+        reads.append(f"{target} (the torch hub cache follows TORCH_HOME)")
+        fill.append(f"download {p.url} and put it in {target.parent} under the name {target.name}")
+    network = hub.hub_unreachable() if p.hf_hub_id and not hub.offline() else None
+    state = ("HF_HUB_OFFLINE is set" if hub.offline() else f"no network: {network}" if network
+             else "no source could deliver them")
+    lines = [f"no pretrained weights for {cfg.name} in the local caches ({state}).", "Sources tried:",
+             *(f"  - {t}" for t in tried), "Files effnet reads:", *(f"  - {r}" for r in reads)]
+    if fill:
+        lines += ["To fill the cache:", *(f"  - {f}" for f in fill)]
+    lines.append(f"Or use weights you have: --checkpoint FILE or --model local-dir:DIR on the command line; "
+                 f"from Python create_model({cfg.name!r}, checkpoint_path='FILE') or create_model({cfg.name!r}, "
+                 f"pretrained=True, pretrained_cfg_overlay=dict(file='FILE')).")
+    return "\n".join(lines)
 
 
 def adapt_state_dict(state_dict: dict[str, Tensor], model: nn.Module, cfg: ModelConfig,

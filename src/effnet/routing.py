@@ -82,14 +82,11 @@ def routing_statistics(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
 def plot_routing(stats: dict[str, Any], path: str | os.PathLike, title: str | None = None) -> tuple[Path, Path]:
     """Heatmaps (classes x experts, one per block) to `path` and the values to `<path stem>.json`.
 
-    Needs matplotlib (the `train` extra); raises EffnetError saying so when it is missing.
+    Needs matplotlib (the `plots` extra); raises EffnetError saying so when it is missing.
     """
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise EffnetError("the routing plot needs matplotlib: pip install 'effnet[train]'") from None
+    from .extras import require
+    require("matplotlib", extra="plots", purpose="the routing plot").use("Agg")
+    import matplotlib.pyplot as plt
     path = Path(path).expanduser()
     if not path.parent.is_dir():
         raise EffnetError(f"output folder {str(path.parent)!r} does not exist")

@@ -18,7 +18,7 @@ _CONDCONV_PAPER = ("CondConv: Conditionally Parameterized Convolutions for Effic
                    "https://arxiv.org/abs/1904.04971")
 _PRUNED_PAPER = ("Knapsack Pruning with Inner Distillation", "https://arxiv.org/abs/2002.08258")
 
-# The recipe the CondConv weights were trained with (the seeds' model index).
+# The recipe the CondConv weights were trained with (the papers' published model index).
 _CONDCONV_RECIPE = dict(
     epochs=350, batch_size=2048, optimizer="rmsproptf", lr=0.256, momentum=0.9,
     rmsprop_decay=0.9, weight_decay=1e-5, label_smoothing=0.1, bn_momentum_tf=0.99,

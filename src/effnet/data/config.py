@@ -14,7 +14,6 @@ INCEPTION_STD = (0.5, 0.5, 0.5)
 DEFAULT_CROP_PCT = 0.875
 DEFAULT_CROP_MODE = "center"
 CROP_MODES = ("center", "squash", "border")
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
 _logger = logging.getLogger(__name__)
 

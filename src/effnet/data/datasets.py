@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,8 +14,6 @@ from ..errors import EffnetError
 from .images import ImageLoadError, is_image_file, load_image, natural_key
 
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "validation", "valid")}
-# How many other samples a corrupt image may be replaced by before giving up.
-_MAX_REPLACEMENTS = 10
 
 
 class DatasetError(EffnetError, ValueError):
@@ -27,7 +24,7 @@ def find_split_dir(data_dir: str | os.PathLike, split: str) -> Path:
     """The folder of `split` ('train' or 'val') inside `data_dir`: train/ (or training/), val/
     (or validation/, valid/)."""
     if split not in SPLIT_DIRS:
-        raise ValueError(f"split must be one of {', '.join(SPLIT_DIRS)}; got {split!r}")
+        raise DatasetError(f"split must be one of {', '.join(SPLIT_DIRS)}; got {split!r}")
     root = Path(data_dir)
     if not root.is_dir():
         raise DatasetError(f"data folder {str(root)!r} does not exist")
@@ -44,12 +41,15 @@ class ImageFolder(Dataset):
     """Images in `root/<class>/...` (searched recursively), labelled by class folder.
 
     `.classes` are the folder names in natural order, `.class_to_idx` maps them to labels,
-    `.samples` lists (path, label). A file that fails to load during iteration is reported once
-    (a warning naming it) and replaced by the next readable sample, so one bad file does not stop
-    a training run.
+    `.samples` lists (path, label). A file that fails to load raises `ImageLoadError` naming it;
+    it is never replaced by another sample (the training and validation loaders leave it out of its
+    batch and count it). With `check_classes`, each class must have at least one readable image:
+    its files are tried in order until one loads (one image per class for a healthy folder, so this
+    stays cheap on large sets).
     """
 
-    def __init__(self, root: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None,
+                 check_classes: bool = True) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"image folder {str(self.root)!r} does not exist")
@@ -71,34 +71,40 @@ class ImageFolder(Dataset):
                                f"(classes: {', '.join(self.classes[:10])})")
         self.targets = [t for _, t in self.samples]
         self.transform = transform
-        self.bad_files: set[Path] = set()
+        if check_classes:
+            self._check_classes()
+
+    def _check_classes(self) -> None:
+        """Refuse a class that has no image, or whose every image is unreadable."""
+        by_class: dict[int, list[Path]] = {i: [] for i in range(len(self.classes))}
+        for path, target in self.samples:
+            by_class[target].append(path)
+        for target, files in by_class.items():
+            where = f"class folder {str(self.root / self.classes[target])!r}"
+            if not files:
+                raise DatasetError(f"{where} has no images; remove it or add images")
+            first_error = None
+            for path in files:
+                try:
+                    load_image(path)
+                    break
+                except ImageLoadError as e:
+                    first_error = first_error or str(e)
+            else:
+                raise DatasetError(f"{where}: none of its {len(files)} image(s) can be read (first: {first_error})")
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        for step in range(_MAX_REPLACEMENTS + 1):
-            path, target = self.samples[(index + step) % len(self.samples)]
-            if path in self.bad_files:
-                continue
-            try:
-                img = load_image(path)
-            except ImageLoadError as e:
-                self.bad_files.add(path)
-                warnings.warn(f"skipping unreadable image, using another sample instead: {e}", stacklevel=2)
-                continue
-            return (self.transform(img) if self.transform is not None else img), target
-        raise DatasetError(f"{_MAX_REPLACEMENTS + 1} consecutive unreadable images from "
-                           f"{self.samples[index % len(self.samples)][0]} on; is {str(self.root)!r} damaged?")
+        path, target = self.samples[index]
+        img = load_image(path)  # ImageLoadError names the file; the loaders count it and leave it out
+        return (self.transform(img) if self.transform is not None else img), target
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise EffnetError("DigitsDataset needs scikit-learn: pip install 'effnet[train]' "
-                          "(or pip install scikit-learn)") from None
-    digits = load_digits()
+    from ..extras import require
+    digits = require("sklearn.datasets", extra="digits", purpose="the digits dataset").load_digits()
     return digits.images, digits.target
 
 

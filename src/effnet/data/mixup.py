@@ -42,7 +42,8 @@ class Mixup:
     With both alphas > 0 each batch (or element) uses CutMix with probability `switch_prob`.
     `prob` is the chance a batch (or element) is mixed at all. `mode`: 'batch' (one lambda per
     batch), 'pair' (one per pair i, B-1-i) or 'elem' (one per image). CutMix's lambda is corrected
-    to the box area actually pasted. Call as `x, soft_target = mixup(x, target)` (even batch size).
+    to the box area actually pasted. Call as `x, soft_target = mixup(x, target)`. In an odd-sized
+    batch (one that lost an unreadable image) the middle image is its own partner, so it stays unmixed.
     """
 
     def __init__(self, mixup_alpha: float = 1.0, cutmix_alpha: float = 0.0,
@@ -84,16 +85,18 @@ class Mixup:
         return lam.astype(np.float32), use_cutmix
 
     def __call__(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        if x.shape[0] % 2:
-            raise ValueError(f"Mixup needs an even batch size; got {x.shape[0]} (use drop_last=True)")
         rng = self._rng()
         b, (h, w) = x.shape[0], x.shape[-2:]
         n = {"batch": 1, "pair": b // 2, "elem": b}[self.mode]
         lam, cut = self._draw(rng, n)
         if self.mode == "pair":  # partner i and B-1-i share one draw
-            lam, cut = np.concatenate([lam, lam[::-1]]), np.concatenate([cut, cut[::-1]])
+            mid_lam, mid_cut = np.ones(b % 2, dtype=np.float32), np.zeros(b % 2, dtype=bool)
+            lam = np.concatenate([lam, mid_lam, lam[::-1]])
+            cut = np.concatenate([cut, mid_cut, cut[::-1]])
         elif self.mode == "batch":
             lam, cut = np.repeat(lam, b), np.repeat(cut, b)
+        if b % 2:
+            lam[b // 2] = 1.0  # its partner is itself: leave it exactly as it is
         flipped = x.flip(0).clone()
         out = x.clone()
         lam_used = np.ones(b, dtype=np.float32)

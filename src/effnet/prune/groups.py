@@ -10,7 +10,6 @@ output index (the "stage" group). The stem, the first stage and the head keep th
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -197,8 +196,3 @@ def exact_macs(costs: list[LayerCost], widths: dict[str, int], sizes: dict[str, 
                 m = m * widths[g] / sizes[g]
         total += int(round(m))
     return total
-
-
-def describe(groups: list[ChannelGroup]) -> list[dict]:
-    """A JSON-able listing of the groups (names, sizes, member keys)."""
-    return [dict(dataclasses.asdict(g), members=[m.key for m in g.members]) for g in groups]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..progress import bar
 from .groups import ChannelGroup, Member
 
 
@@ -48,8 +49,9 @@ def taylor_importance(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
     was_training = model.training
     model.eval()
     seen = 0
+    total = min(len(batches), max_batches or len(batches)) if hasattr(batches, "__len__") else max_batches
     try:
-        for x, y in batches:
+        for x, y in bar(batches, total=total, desc="importance", unit="batch"):
             if max_batches is not None and seen >= max_batches:
                 break
             model.zero_grad(set_to_none=True)

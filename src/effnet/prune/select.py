@@ -77,6 +77,17 @@ def _fix_residuals(cfg: ModelConfig, widths: dict[str, int], sizes: dict[str, in
             widths[before] += 1
 
 
+def min_macs_ratio(model: EfficientNet, input_size: tuple[int, int, int]) -> float:
+    """The smallest MACs ratio pruning can reach: one channel per group (more where a residual needs
+    it); the stem, the first stage and the head keep their widths."""
+    groups = channel_groups(model)
+    sizes = {g.name: g.size for g in groups}
+    costs = layer_costs(model, groups, input_size)
+    widths = {g: 1 for g in sizes}
+    _fix_residuals(model.cfg, widths, sizes)
+    return exact_macs(costs, widths, sizes) / max(1, sum(c.macs for c in costs))
+
+
 def select_channels(model: EfficientNet, scores: dict[str, Tensor], ratio: float, *,
                     input_size: tuple[int, int, int], method: str = "dp", resolution: int = 10_000,
                     max_rounds: int = 16) -> Selection:
@@ -142,7 +153,8 @@ def select_channels(model: EfficientNet, scores: dict[str, Tensor], ratio: float
         log.append("greedy repair: dropped the least important channels per MAC until within budget")
     macs = exact_macs(costs, best, sizes)
     if macs > budget:
-        raise RuntimeError(f"pruning could not reach {ratio:.3f} of the MACs (got {macs / base:.3f})")
+        raise ValueError(f"pruning could not reach {ratio:.3f} of the MACs (got {macs / base:.3f}); the "
+                         f"smallest reachable is about {min_macs_ratio(model, input_size):.3f}")
     keep = {g: order[g][: best[g]].sort().values for g in names}
     kept_value = sum(float(scores[g].double()[keep[g]].sum()) for g in names)
     return Selection(keep, best, sizes, base, macs, ratio, rounds, method, kept_value / total_value, log)

@@ -19,8 +19,8 @@ HELP = "measure throughput (img/s), batch-1 latency and memory; optionally again
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="all", help="model name or 'all' (default)")
-    p.add_argument("--batch-size", default=None,
+    p.add_argument("--model", "-m", default="all", help="model name or 'all' (default)")
+    p.add_argument("-b", "--batch-size", default=None,
                    help="comma-separated batch sizes (default 1,16; --train: one size, default 32)")
     p.add_argument("--img-size", type=int, default=None, help="square input size (default: native; --train: 128)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")

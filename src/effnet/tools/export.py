@@ -3,30 +3,43 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from ..export import FORMATS, export_model
-from ..registry import create_model
+from .. import __version__
+from ..export import FORMATS, export_model, onnx_metadata
+from ..loading import add_model_arguments, load_from_args
+from ..validators import Rule, arg_type
+
+OPSETS = (7, 20)  # what torch's TorchScript-based ONNX exporter writes (onnxruntime reads 7 and newer)
 
 HELP = "export a model to ONNX, TorchScript or .pt2 and check the file against PyTorch"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model name, see `effnet list`")
-    p.add_argument("--checkpoint", default=None, help="weights to load (default: random initialisation)")
-    p.add_argument("--pretrained", action="store_true", help="load the published weights")
+    add_model_arguments(p, device=False)
     p.add_argument("--format", choices=FORMATS, required=True)
     p.add_argument("--output", required=True, help="file to write (replaced atomically)")
     p.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's)")
+    p.add_argument("--opset", type=arg_type(Rule(int, *OPSETS)), default=17,
+                   help=f"ONNX opset, {OPSETS[0]} to {OPSETS[1]} (default 17)")
     p.add_argument("--no-check", action="store_true", help="skip running the exported file")
 
 
+def model_folder(model: str | None) -> str | None:
+    """The folder a `local-dir:DIR` (or run folder) model is read from, so the export never lands on its files."""
+    if model is None:
+        return None
+    folder = model[len("local-dir:"):] if model.startswith("local-dir:") else model
+    return folder if Path(folder).expanduser().is_dir() else None
+
+
 def run(args: argparse.Namespace) -> int:
-    model = create_model(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
-    size = args.img_size or model.pretrained_cfg["input_size"][-1]
-    errors = export_model(model, args.output, args.format, img_size=size, dynamic_batch=args.dynamic_batch,
-                          opset=args.opset, check=not args.no_check)
+    loaded = load_from_args(args, device="cpu")
+    size = loaded.img_size
+    metadata = onnx_metadata(loaded.name, loaded.data_config, loaded.label_names, __version__)
+    errors = export_model(loaded.model, args.output, args.format, img_size=size, dynamic_batch=args.dynamic_batch,
+                          opset=args.opset, check=not args.no_check, inputs=[args.checkpoint, model_folder(args.model)],
+                          metadata=metadata)
     checked = ", ".join(f"batch {b}: {e:.1e}" for b, e in errors.items()) or "not checked"
     print(f"wrote {args.output} ({args.format}, {size}px, "
           f"{'dynamic' if args.dynamic_batch else 'fixed'} batch); max relative error vs PyTorch: {checked}")

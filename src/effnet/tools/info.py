@@ -1,4 +1,4 @@
-"""`effnet info NAME`: the seeds' metadata and the pretrained config of one model."""
+"""`effnet info NAME`: the published metadata and the pretrained config of one model."""
 
 from __future__ import annotations
 

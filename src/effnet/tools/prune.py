@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,9 @@ from ..errors import EffnetError
 from ..flops import count_macs
 from ..hf_dir import atomic_write, save_hf_dir
 from ..model import EfficientNet
-from ..registry import LOCAL_DIR_PREFIX, create_model, get_config
+from ..outputs import fresh_dir
+from ..validators import Rule, arg_type, at_least, positive
+from ..loading import load_source_model, model_spec
 from ..train import (TrainConfig, add_train_arguments, build_loaders, config_from_args, data_config_for, evaluate,
                      fit)
 from ..train.loop import resolve_device
@@ -26,7 +30,7 @@ from ..train.losses import create_criterion
 HELP = "knapsack-prune a model to a MACs budget, fine-tune with inner distillation, save a local-dir: folder"
 
 # Fine-tuning after pruning: short and gentle, the weights are already trained.
-PRUNE_DEFAULTS = TrainConfig(epochs=5, warmup_epochs=0.0, lr_base=0.01, sched="cosine", smoothing=0.0)
+PRUNE_DEFAULTS = TrainConfig(opt="sgd", epochs=5, warmup_epochs=0.0, lr_base=0.01, sched="cosine", smoothing=0.0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,11 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pruning")
     g.add_argument("--checkpoint", metavar="FILE", help="weights to prune (e.g. a model_best.pth.tar of effnet "
                    "train); their classifier sets the class count")
-    g.add_argument("--macs-ratio", type=float, required=True, metavar="R",
+    g.add_argument("--random-weights", action="store_true", help="allow pruning randomly initialised weights")
+    g.add_argument("--macs-ratio", type=arg_type(Rule(float, 0.0, 1.0, lo_open=True)), required=True, metavar="R",
                    help="keep at most R x the model's MACs (0 < R <= 1), counted at --img-size")
-    g.add_argument("--calib-batches", type=int, default=16, metavar="N",
+    g.add_argument("--calib-batches", type=arg_type(positive(int)), default=16, metavar="N",
                    help="training batches the Taylor importance is summed over (default: 16)")
-    g.add_argument("--distill-weight", type=float, default=1.0, metavar="G",
+    g.add_argument("--distill-weight", type=arg_type(at_least(0.0)), default=1.0, metavar="G",
                    help="weight of the block-output MSE in the fine-tuning loss (default: 1.0; 0: labels only)")
     g.add_argument("--knapsack", choices=("dp", "greedy"), default="dp",
                    help="exact dynamic programme on scaled costs, or greedy by importance per MAC (default: dp)")
@@ -54,39 +59,13 @@ def train_config(args: argparse.Namespace, base: TrainConfig) -> tuple[TrainConf
     if epochs < 0:
         raise EffnetError(f"--epochs must be >= 0, got {epochs}")
     given["epochs"] = max(1, epochs)
+    if given.get("model"):
+        given["model"] = model_spec(given["model"])
     if not given.get("output"):
         raise EffnetError("--output DIR is required: the folder the result is written to")
+    if Path(given["output"]).expanduser().exists() and not Path(given["output"]).expanduser().is_dir():
+        raise EffnetError(f"--output {given['output']!r} is a file, not a folder; give a folder name")
     return config_from_args(given, base), epochs
-
-
-def checkpoint_classes(path: str) -> int | None:
-    """The class count of a weights file's classifier (None when it has none)."""
-    from ..checkpoint import read_state_dict
-    weight = read_state_dict(path).get("classifier.weight")
-    return int(weight.shape[0]) if weight is not None else None
-
-
-def load_source(cfg: TrainConfig, checkpoint: str | None, data_classes: int | None) -> EfficientNet:
-    """The model to start from, its class count taken from the checkpoint, the folder or the data."""
-    n = checkpoint_classes(checkpoint) if checkpoint else None
-    if n is None and cfg.model.startswith(LOCAL_DIR_PREFIX):
-        meta = Path(cfg.model[len(LOCAL_DIR_PREFIX):]).expanduser() / "config.json"
-        if meta.is_file():
-            n = json.loads(meta.read_text()).get("num_classes")
-    if n is None and cfg.pretrained and not cfg.model.startswith(LOCAL_DIR_PREFIX):
-        n = data_classes or get_config(cfg.model).pretrained.num_classes
-    n = int(n or cfg.num_classes or data_classes or 0)
-    if n < 1:
-        raise EffnetError("cannot tell the class count: give --checkpoint, --num-classes or data")
-    if data_classes is not None and n != data_classes:
-        source = checkpoint or cfg.model
-        raise EffnetError(f"{source} has {n} classes but the data has {data_classes}; prune a model trained "
-                          f"on this data")
-    model = create_model(cfg.model, pretrained=cfg.pretrained and not checkpoint, num_classes=n,
-                         checkpoint_path=checkpoint, in_chans=cfg.in_chans)
-    if not isinstance(model, EfficientNet):
-        raise EffnetError(f"{cfg.model} is not an EfficientNet classifier")
-    return model
 
 
 def torch_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
@@ -117,18 +96,26 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..prune import InnerDistillationLoss, channel_groups, prune_model, taylor_importance
+    from ..prune.select import min_macs_ratio
 
     cfg, epochs = train_config(args, PRUNE_DEFAULTS)
     if not 0 < args.macs_ratio <= 1:
         raise EffnetError(f"--macs-ratio must be in (0, 1], got {args.macs_ratio}")
     if args.calib_batches < 1:
         raise EffnetError(f"--calib-batches must be >= 1, got {args.calib_batches}")
-    out = Path(cfg.output).expanduser()
     device = resolve_device(cfg)
     torch.manual_seed(cfg.seed)
     train_loader, val_loader, classes = build_loaders(cfg)
-    teacher = load_source(cfg, args.checkpoint, len(classes)).to(device)
+    teacher = load_source_model(cfg.model, args.checkpoint, pretrained=cfg.pretrained, data_classes=len(classes),
+                                num_classes=cfg.num_classes, in_chans=cfg.in_chans,
+                                random_weights=args.random_weights).to(device)
     input_size = set_data_config(teacher, cfg, len(classes))
+    smallest = min_macs_ratio(teacher, input_size)
+    if args.macs_ratio < smallest:
+        raise EffnetError(f"--macs-ratio {args.macs_ratio:g} is below what pruning can reach for {cfg.model} at "
+                          f"{input_size[-1]}px ({smallest:.3f}: one channel per group, the stem, first stage and "
+                          f"head keep their widths); give --macs-ratio {math.ceil(smallest * 100) / 100:.2f} or more")
+    out = fresh_dir(cfg.output)  # never into an earlier result
     t0 = time.perf_counter()
     before = evaluate(teacher, val_loader, device=device)
     print(f"{cfg.model}: top-1 {before['top1']:.2f}% on {before['count']} validation images, "
@@ -159,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     ours, theirs = count_macs(student, input_size), torch_macs(student, input_size)
     base_ours, base_theirs = count_macs(teacher, input_size), torch_macs(teacher, input_size)
     if ours != theirs or base_ours != base_theirs:
-        print(f"warning: MAC counters disagree (effnet {ours}, torch {theirs})", flush=True)
+        logging.getLogger(__name__).warning(f"warning: MAC counters disagree (effnet {ours}, torch {theirs})")
     save_hf_dir(student.cpu(), out, class_names=classes)
     report = dict(
         model=cfg.model, checkpoint=args.checkpoint, macs_ratio=args.macs_ratio, knapsack=args.knapsack,

@@ -7,7 +7,7 @@ import argparse
 from ..train.config import add_train_arguments
 from ..train.runner import config_for_run, run_training
 
-HELP = "train a model (timm-style flags; --recipe seed for the published recipe; torchrun for many processes)"
+HELP = "train a model (timm-style flags; --recipe paper for the published recipe; torchrun for many processes)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,33 +5,47 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..errors import EffnetError
 from ..hf_dir import save_hf_dir
+from ..outputs import fresh_dir
+from ..validators import Rule, arg_type, at_least, memory_problem
 from ..train import TrainConfig, add_train_arguments, build_loaders, evaluate, fit
 from ..train.loop import resolve_device
 from ..upcycle import upcycle
-from .prune import load_source, set_data_config, train_config, write_json
+from ..loading import load_source_model
+from .prune import set_data_config, train_config, write_json
 
 HELP = "build the CondConv twin of a dense model (same outputs at start), fine-tune it, save a local-dir: folder"
 
-UPCYCLE_DEFAULTS = TrainConfig(epochs=0, warmup_epochs=0.0, lr_base=0.01, sched="cosine", smoothing=0.0)
+UPCYCLE_DEFAULTS = TrainConfig(opt="sgd", epochs=0, warmup_epochs=0.0, lr_base=0.01, sched="cosine", smoothing=0.0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_train_arguments(p, model_required=True)
     g = p.add_argument_group("upcycling")
     g.add_argument("--checkpoint", metavar="FILE", help="weights of the dense model (sets the class count)")
-    g.add_argument("--experts", type=int, required=True, metavar="E", help="experts per CondConv layer (>= 2)")
-    g.add_argument("--expert-noise", type=float, default=0.01, metavar="S",
+    g.add_argument("--random-weights", action="store_true", help="allow upcycling randomly initialised weights")
+    g.add_argument("--experts", type=arg_type(Rule(int, 2)), required=True, metavar="E",
+                   help="experts per CondConv layer (>= 2)")
+    g.add_argument("--expert-noise", type=arg_type(at_least(0.0)), default=0.01, metavar="S",
                    help="zero-sum perturbation of the experts, relative to the kernel's std, so they can "
                         "specialise (default: 0.01; the mixed kernel is unchanged)")
     p.epilog = ("--model is a dense model: a registered pruned variant or local-dir:DIR. --output DIR receives "
                 "config.json and model.safetensors (and DIR/train with --epochs N > 0, which needs data). "
                 "Default: --epochs 0 (no fine-tuning).")
+
+
+def expert_bytes(dense: nn.Module, experts: int, training: bool) -> int:
+    """A lower bound on the memory the twin's expert banks take: two copies while they are built (bank
+    and perturbation), three more when fine-tuned (gradients, optimiser state)."""
+    per_expert = sum(p.numel() for i, stage in enumerate(dense.cfg.stages) if stage.condconv
+                     for name, p in dense.blocks[i].named_parameters()
+                     if name.endswith(("conv_pw.weight", "conv_dw.weight", "conv_pwl.weight")))
+    return experts * per_expert * 4 * (5 if training else 2)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,16 +55,22 @@ def run(args: argparse.Namespace) -> int:
     has_data = bool(cfg.dataset or cfg.data_dir)
     if epochs > 0 and not has_data:
         raise EffnetError(f"--epochs {epochs} needs training data: give --data-dir DIR or --dataset digits")
-    out = Path(cfg.output).expanduser()
     device = resolve_device(cfg)
     torch.manual_seed(cfg.seed)
     loaders = build_loaders(cfg) if has_data else None
     classes = loaders[2] if loaders else None
-    dense = load_source(cfg, args.checkpoint, len(classes) if classes else None)
+    dense = load_source_model(cfg.model, args.checkpoint, pretrained=cfg.pretrained,
+                              data_classes=len(classes) if classes else None, num_classes=cfg.num_classes,
+                              in_chans=cfg.in_chans, random_weights=args.random_weights)
     if dense.cfg.experts:
         raise EffnetError(f"{cfg.model} already has CondConv layers ({dense.cfg.experts} experts); "
                           f"upcycle a dense model")
     input_size = set_data_config(dense, cfg, dense.num_classes)
+    problem = memory_problem(f"--experts {args.experts}", expert_bytes(dense, args.experts, epochs > 0),
+                             "use fewer experts")
+    if problem:
+        raise EffnetError(problem)
+    out = fresh_dir(cfg.output)  # never into an earlier result
     try:
         twin = upcycle(dense.eval(), args.experts, noise=args.expert_noise, seed=cfg.seed)
     except ValueError as e:

@@ -6,76 +6,33 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .. import outputs
 from ..errors import CheckpointError
 
 # Entries every resumable checkpoint has; a file without them is a weights file, not a run.
 RESUME_KEYS = ("state_dict", "optimizer", "scheduler", "epoch", "step", "rng_state")
 
 
-def _temp_beside(path: Path) -> tuple[int, str]:
-    """A temporary file next to `path`, with the permissions a plain open() would give (mkstemp's are 0600)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return fd, tmp
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`, so a
-    crash or a full disk never leaves a partial file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save through a temporary file, fsync and a rename (effnet.outputs), so a crash or a full
+    disk never leaves a partial file under the final name."""
+    return outputs.save_torch(obj, path)
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Copy a file through a temporary file and a rename."""
-    dst = Path(dst)
-    fd, tmp = _temp_beside(dst)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
+    return outputs.copy_file(src, dst)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return outputs.write_text(path, text)
 
 
 def rng_state() -> dict[str, Any]:

@@ -4,6 +4,7 @@ that a resumed run sees exactly the batches an uninterrupted one would."""
 from __future__ import annotations
 
 import random
+import signal
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..data import DigitsDataset, ImageFolder, Mixup, create_transform, find_split_dir, resolve_data_config
+from ..data.samples import SampleDataset, skip_collate
 from ..registry import get_config
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, current
@@ -56,8 +58,12 @@ class ShardSampler(Sampler[int]):
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader workers: seed Python and NumPy from torch's per-worker seed, which torch derives from
-    the loader's generator (reseeded from (seed, epoch) each epoch) plus the worker id."""
+    """DataLoader workers: ignore Ctrl-C and SIGTERM (the main process stops the run and shuts the
+    workers down, so one message is printed, not one per worker), and seed Python and NumPy from
+    torch's per-worker seed. Augmentation does not depend on these seeds: `SampleDataset` reseeds per
+    sample from (seed, epoch, index)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
@@ -73,6 +79,9 @@ def set_loader_epoch(loader: Any, epoch: int, seed: int, start_batch: int = 0) -
     sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
+    dataset = getattr(loader, "dataset", None)
+    if isinstance(dataset, SampleDataset):
+        dataset.set_epoch(epoch)
     if start_batch:
         if not hasattr(sampler, "set_start"):
             raise ConfigError("resuming mid-epoch needs a loader built by effnet.train.build_loaders")
@@ -92,6 +101,8 @@ def data_config_for(cfg: TrainConfig) -> dict[str, Any]:
 
 def build_dataset(cfg: TrainConfig, split: str, transform: Any) -> Dataset:
     """The 'train' or 'val' dataset of `cfg` (--dataset digits, or --data-dir class folders)."""
+    if cfg.dataset is not None and cfg.data_dir:
+        raise ConfigError(f"--data-dir and --dataset {cfg.dataset} both name the data; give only one")
     if cfg.dataset == "digits":
         return DigitsDataset("train" if split == "train" else "val", transform=transform)
     if cfg.dataset is not None:
@@ -139,9 +150,11 @@ def eval_transform(data_config: dict[str, Any]) -> Any:
 def make_eval_loader(dataset: Dataset, batch_size: int, workers: int, info: DistInfo | None = None) -> DataLoader:
     """A loader over this rank's share of `dataset`, in order."""
     info = info or current()
+    if not isinstance(dataset, SampleDataset):
+        dataset = SampleDataset(dataset, seeded=False)
     return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(dataset, info.world_size, info.rank),
                       num_workers=workers, pin_memory=info.device.type == "cuda", worker_init_fn=seed_worker,
-                      persistent_workers=False)
+                      persistent_workers=False, collate_fn=skip_collate)
 
 
 def build_loaders(cfg: TrainConfig, info: DistInfo | None = None) -> tuple[DataLoader, DataLoader, list[str]]:
@@ -155,20 +168,36 @@ def build_loaders(cfg: TrainConfig, info: DistInfo | None = None) -> tuple[DataL
     train_ds = build_dataset(cfg, "train", train_transform(cfg, data_config))
     val_ds = build_dataset(cfg, "val", eval_transform(data_config))
     classes = dataset_classes(train_ds)
-    if dataset_classes(val_ds) != classes:
-        raise ConfigError(f"train and validation class folders differ: {len(classes)} vs "
-                          f"{len(dataset_classes(val_ds))} classes")
+    check_class_sets(classes, dataset_classes(val_ds))
     per_rank = len(train_ds) // info.world_size
     if per_rank < cfg.batch_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the {len(train_ds)} training images "
                           f"({per_rank} per process); lower it")
+    # augmentation draws come from (seed, epoch, index), so they do not depend on which worker loads a
+    # sample or where a resumed run starts in the epoch
+    train_ds = SampleDataset(train_ds, seed=cfg.seed)
     sampler = EpochSampler(train_ds, info.world_size, info.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, 0, info.rank))
     train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                               drop_last=True, pin_memory=info.device.type == "cuda", worker_init_fn=seed_worker,
-                              generator=generator, persistent_workers=False)
+                              generator=generator, persistent_workers=False, collate_fn=skip_collate)
     val_loader = make_eval_loader(val_ds, cfg.validation_batch_size or cfg.batch_size, cfg.workers, info)
     return train_loader, val_loader, classes
+
+
+def check_class_sets(train: list[str], val: list[str]) -> None:
+    """Refuse training on one class (any model scores 100%) or on train/val class sets that differ
+    (labels would mean different classes in the two splits)."""
+    if len(train) < 2:
+        raise ConfigError(f"the training data has {len(train)} class ({', '.join(train)}); a classifier needs at "
+                          "least 2 class folders")
+    if val != train:
+        only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+        detail = "; ".join(part for part in (
+            f"only in train: {', '.join(only_train[:5])}" if only_train else "",
+            f"only in val: {', '.join(only_val[:5])}" if only_val else "") if part) or "same names in another order"
+        raise ConfigError(f"train and validation classes differ ({len(train)} vs {len(val)} classes; {detail}); "
+                          "both splits need the same class folders")
 
 
 def build_mixup(cfg: TrainConfig, num_classes: int) -> Mixup | None:

@@ -13,7 +13,7 @@ class ModelEma:
     """A copy of the model whose floating-point parameters and buffers track
     `ema = d * ema + (1 - d) * model` after every optimiser step.
 
-    As TF's `ExponentialMovingAverage(num_updates=step)` used by the seeds' recipe, the decay is
+    As TF's `ExponentialMovingAverage(num_updates=step)` used by the published recipe, the decay is
     capped at (1 + n) / (10 + n) for the n-th update, so short runs are not dominated by the random
     initialisation. Integer buffers (BatchNorm's counters) are copied.
     """

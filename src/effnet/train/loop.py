@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,16 +18,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..data.samples import SkipReport, unreadable_of
 from ..errors import EffnetError
+from ..log import ensure_logging
+from ..progress import bar
 from . import distributed as D
 from .checkpoint import atomic_copy, atomic_save, load_training_checkpoint, rng_state, set_rng_state
 from .config import TrainConfig
+from .artifact import write_model_folder
 from .data import build_mixup, set_loader_epoch
 from .ema import ModelEma
 from .losses import create_criterion
 from .optim import create_optimizer
 from .output import Progress, write_args_yaml, write_plot, write_summary
 from .scheduler import create_scheduler
+from .tracking import Tracking
+
+_LOG = logging.getLogger(__name__)
 
 
 class TrainingDivergedError(EffnetError, RuntimeError):
@@ -53,16 +60,26 @@ def autocast(device: torch.device, enabled: bool, dtype: str) -> contextlib.Abst
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], *, device: torch.device | str | None = None,
-             amp: bool = False, amp_dtype: str = "bfloat16", channels_last: bool = False) -> dict[str, float]:
-    """Top-1/top-5 accuracy (%), mean cross-entropy, image count and throughput of `model` on `loader`;
-    under torchrun the numbers cover every rank's share."""
+             amp: bool = False, amp_dtype: str = "bfloat16", channels_last: bool = False,
+             desc: str = "eval") -> dict[str, float]:
+    """Top-1/top-5 accuracy (%), mean cross-entropy, image count and throughput of `model` on `loader`
+    (with a progress bar labelled `desc` on a terminal); under torchrun the numbers cover every rank's share.
+
+    Images the loader could not read are left out of every number; `skipped` counts them.
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     correct1 = correct5 = loss_sum = 0.0
     count = 0
+    skips = SkipReport(desc)
     start = time.perf_counter()
-    for x, target in loader:
+    for batch in bar(loader, total=len(loader) if hasattr(loader, "__len__") else None, desc=desc,
+                     unit="batch", show=D.current().is_main):
+        skips.add(unreadable_of(batch), show=D.current().is_main)
+        x, target = batch[0], batch[1]
+        if x.shape[0] == 0:
+            continue
         x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -76,11 +93,12 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], *, devic
         correct5 += hits.any(dim=1).sum().item()
         count += x.shape[0]
     elapsed = time.perf_counter() - start
-    correct1, correct5, loss_sum, count_f = D.all_reduce_sum([correct1, correct5, loss_sum, float(count)], device)
+    correct1, correct5, loss_sum, count_f, skipped = D.all_reduce_sum(
+        [correct1, correct5, loss_sum, float(count), float(skips.count)], device)
     model.train(was_training)
     n = max(count_f, 1.0)
     return dict(top1=100.0 * correct1 / n, top5=100.0 * correct5 / n, loss=loss_sum / n, count=int(count_f),
-                img_per_sec=count_f / max(elapsed, 1e-9))
+                img_per_sec=count_f / max(elapsed, 1e-9), skipped=int(skipped))
 
 
 class _StopRequest:
@@ -100,7 +118,8 @@ class _StopRequest:
         if self.signum is not None:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint after this step", file=sys.stderr)
+        if D.current().is_main:  # under torchrun every rank gets the signal; one line is enough
+            _LOG.warning(f"received {signal.Signals(signum).name}: saving a checkpoint after this step")
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -162,7 +181,9 @@ class _Run:
         self.partial = dict(loss_sum=0.0, count=0, images=0, seconds=0.0)
         self.best_metric: float | None = None
         self.best_epoch: int | None = None
+        self.best_weights = "model"  # or "ema": which weights model_best / model.safetensors hold
         self.history: list[dict[str, Any]] = []
+        self.tracking = Tracking(cfg, output_dir, enabled=False)  # fit() puts the run's trackers here
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue bit for bit."""
@@ -182,7 +203,8 @@ class _Run:
             worker_seeding=dict(seed=self.cfg.seed, world_size=self.info.world_size,
                                 rule="worker seed = loader generator seeded from (seed, epoch, rank) + worker id"),
             args=self.cfg.to_dict(), class_names=list(self.class_names), num_classes=self.num_classes,
-            best_metric=self.best_metric, best_epoch=self.best_epoch, history=list(self.history),
+            best_metric=self.best_metric, best_epoch=self.best_epoch, best_weights=self.best_weights,
+            history=list(self.history),
         )
 
     def restore(self, path: str) -> None:
@@ -206,6 +228,7 @@ class _Run:
         self.epoch, self.batch, self.step = int(ckpt["epoch"]), int(ckpt.get("batch", 0)), int(ckpt["step"])
         self.partial = dict(ckpt.get("partial") or self.partial)
         self.best_metric, self.best_epoch = ckpt.get("best_metric"), ckpt.get("best_epoch")
+        self.best_weights = str(ckpt.get("best_weights", "ema" if ckpt.get("state_dict_ema") else "model"))
         self.history = list(ckpt.get("history") or [])
         ranks = ckpt.get("rng_state_ranks") or []
         own = ranks[self.info.rank] if len(ranks) == self.info.world_size else ckpt["rng_state"]
@@ -219,8 +242,16 @@ class _Run:
         return atomic_save(state, self.output_dir / name)
 
 
-def _batches(loader: Iterable[Any]) -> Iterator[tuple[Tensor, Tensor]]:
+def _batches(loader: Iterable[Any], skips: SkipReport, run: _Run) -> Iterator[tuple[Tensor, Tensor]]:
+    """(images, targets) of each step. Samples the loader could not read are counted in `skips`; a
+    batch left with no image makes no update, but the schedule and step count move on as planned."""
     for batch in loader:
+        skips.add(unreadable_of(batch), show=run.info.is_main)
+        if batch[0].shape[0] == 0:
+            run.scheduler.step()
+            run.step += 1
+            run.batch += 1
+            continue
         yield batch[0], batch[1]
 
 
@@ -231,7 +262,10 @@ def _train_epoch(run: _Run, net: nn.Module, loader: Any, frozen: bool, stop: _St
     total = run.scheduler.steps_per_epoch
     progress = Progress(total, run.epoch, cfg.epochs, enabled=run.info.is_main, log_interval=cfg.log_interval)
     tic = time.perf_counter()
-    for x, target in _batches(loader):
+    skips = SkipReport("train")
+    skipped_before = int(run.partial.get("skipped", 0))  # a resumed epoch continues its count
+    for x, target in _batches(loader, skips, run):
+        run.partial["skipped"] = skipped_before + skips.count
         x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -280,6 +314,7 @@ def _train_epoch(run: _Run, net: nn.Module, loader: Any, frozen: bool, stop: _St
             progress.close()
             return False
     run.partial["seconds"] += time.perf_counter() - tic
+    run.partial["skipped"] = skipped_before + skips.count
     progress.close()
     return True
 
@@ -309,6 +344,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, cfg: TrainConfig, 
     run exactly. Returns the final metrics (eval_* of the last epoch, best_metric, best_epoch, and
     `interrupted` when a signal stopped it).
     """
+    ensure_logging()  # a script calling fit() sees the epoch lines as the command line does
     info = D.current()
     info = D.DistInfo(info.rank, info.world_size, info.local_rank, resolve_device(cfg, info))
     output_dir = Path(output_dir)
@@ -340,7 +376,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, cfg: TrainConfig, 
     trainable = _classifier_params(model) if cfg.freeze_epochs else set()
     net, wrapped_frozen = model, None
     metrics: dict[str, Any] = {}
-    with _StopRequest() as stop:
+    with _StopRequest() as stop, Tracking(cfg, output_dir, enabled=info.is_main) as run.tracking:
         while run.epoch < cfg.epochs:
             frozen = run.epoch < cfg.freeze_epochs
             if wrapped_frozen is None or frozen != wrapped_frozen:
@@ -350,12 +386,17 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, cfg: TrainConfig, 
             if not _train_epoch(run, net, train_loader, frozen, stop):
                 path = run.save("last.pth.tar")
                 if info.is_main:
-                    print(f"stopped at epoch {run.epoch}, batch {run.batch}; saved {path}; continue with "
-                          f"--resume {path}", file=sys.stderr)
+                    _LOG.warning(f"stopped at epoch {run.epoch}, batch {run.batch}; saved {path}; continue with "
+                                 f"--resume {path}")
                 return dict(metrics, interrupted=True, signal=stop.signum, epoch=run.epoch, step=run.step,
                             output_dir=str(output_dir))
             metrics = _end_epoch(run, val_loader)
     return metrics
+
+
+def _improves(new: float, old: float, metric: str) -> bool:
+    """Whether `new` beats `old` (lower is better for the loss, higher for accuracies)."""
+    return new < old if metric == "loss" else new > old
 
 
 def _end_epoch(run: _Run, val_loader: Any) -> dict[str, Any]:
@@ -366,22 +407,25 @@ def _end_epoch(run: _Run, val_loader: Any) -> dict[str, Any]:
                   channels_last=cfg.channels_last)
     row: dict[str, Any] = dict(epoch=run.epoch, train_loss=run.partial["loss_sum"] / max(1, run.partial["count"]),
                                eval_loss=ev["loss"], eval_top1=ev["top1"], eval_top5=ev["top5"])
-    score_source = ev
+    score_source, weights = ev, "model"
     if run.ema is not None:
         D.average_bn_stats(run.ema.module)
         ema_ev = evaluate(run.ema.module, val_loader, device=run.device, amp=cfg.amp, amp_dtype=cfg.amp_dtype,
                           channels_last=cfg.channels_last)
         row.update(ema_loss=ema_ev["loss"], ema_top1=ema_ev["top1"], ema_top5=ema_ev["top5"])
-        score_source = ema_ev  # checkpoints are read EMA-first, so the EMA decides which one is best
-    train_loss = D.all_reduce_sum([row["train_loss"]], run.device)[0] / info.world_size
-    row.update(train_loss=train_loss, lr=run.optimizer.param_groups[0]["lr"],
-               **{"img/s": run.partial["images"] / max(run.partial["seconds"], 1e-9)})
+        if not _improves(ev[cfg.eval_metric], ema_ev[cfg.eval_metric], cfg.eval_metric):
+            score_source, weights = ema_ev, "ema"  # the EMA validated at least as well: it is what gets kept
+    train_loss, train_skipped = D.all_reduce_sum([row["train_loss"], float(run.partial.get("skipped", 0))],
+                                                 run.device)
+    row.update(train_loss=train_loss / info.world_size, lr=run.optimizer.param_groups[0]["lr"],
+               **{"img/s": run.partial["images"] / max(run.partial["seconds"], 1e-9)},
+               train_skipped=int(train_skipped), eval_skipped=ev["skipped"])
     run.history.append(row)
+    run.tracking.log_epoch(row["epoch"], row)
     score = score_source[cfg.eval_metric]
-    better = run.best_metric is None or (score < run.best_metric if cfg.eval_metric == "loss"
-                                         else score > run.best_metric)
+    better = run.best_metric is None or _improves(score, run.best_metric, cfg.eval_metric)
     if better:
-        run.best_metric, run.best_epoch = score, run.epoch
+        run.best_metric, run.best_epoch, run.best_weights = score, run.epoch, weights
     run.epoch += 1
     run.batch = 0
     run.partial = dict(loss_sum=0.0, count=0, images=0, seconds=0.0)
@@ -389,12 +433,19 @@ def _end_epoch(run: _Run, val_loader: Any) -> dict[str, Any]:
     if info.is_main:
         if better:
             atomic_copy(path, run.output_dir / "model_best.pth.tar")
+            write_model_folder(run.ema.module if weights == "ema" else run.model, run.output_dir, cfg,
+                               run.class_names)
         write_summary(run.output_dir / "summary.csv", run.history)
         write_plot(run.output_dir / "summary.png", run.history)
         ema_part = f" ema_top1 {row['ema_top1']:.2f}" if "ema_top1" in row else ""
-        print(f"epoch {row['epoch'] + 1}/{cfg.epochs}: train_loss {row['train_loss']:.4f} eval_loss "
-              f"{row['eval_loss']:.4f} top-1 {row['eval_top1']:.2f} top-5 {row['eval_top5']:.2f}{ema_part} "
-              f"lr {row['lr']:.3g} {row['img/s']:.0f} img/s", flush=True)
+        _LOG.info(f"epoch {row['epoch'] + 1}/{cfg.epochs}: train_loss {row['train_loss']:.4f} eval_loss "
+                  f"{row['eval_loss']:.4f} top-1 {row['eval_top1']:.2f} top-5 {row['eval_top5']:.2f}{ema_part} "
+                  f"lr {row['lr']:.3g} {row['img/s']:.0f} img/s")
+        for split, key in (("train", "train_skipped"), ("val", "eval_skipped")):
+            if row[key]:
+                noun = "image" if row[key] == 1 else "images"
+                _LOG.warning(f"{split}: skipped {row[key]} unreadable {noun} in epoch {row['epoch'] + 1} "
+                             "(left out, not replaced)")
     D.barrier()
     return dict(row, best_metric=run.best_metric, best_epoch=run.best_epoch, output_dir=str(run.output_dir),
                 count=ev["count"], step=run.step, interrupted=False)

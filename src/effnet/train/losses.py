@@ -3,8 +3,15 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def _at_least_fp32(logits: Tensor) -> Tensor:
+    # half-precision logits (AMP) are raised to fp32 for the softmax; fp64 ones are kept, as the
+    # reference keeps them: casting them down would round the loss and its gradient to fp32
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
 class LabelSmoothingCrossEntropy(nn.Module):
@@ -18,7 +25,7 @@ class LabelSmoothingCrossEntropy(nn.Module):
         self.smoothing = smoothing
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        logprobs = F.log_softmax(logits.float(), dim=-1)
+        logprobs = F.log_softmax(_at_least_fp32(logits), dim=-1)
         nll = -logprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
         smooth = -logprobs.mean(dim=-1)
         return ((1.0 - self.smoothing) * nll + self.smoothing * smooth).mean()
@@ -28,7 +35,7 @@ class SoftTargetCrossEntropy(nn.Module):
     """Cross-entropy against a (B, classes) probability target."""
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return (-target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+        return (-target * F.log_softmax(_at_least_fp32(logits), dim=-1)).sum(dim=-1).mean()
 
 
 def create_criterion(smoothing: float, mixup: bool) -> nn.Module:

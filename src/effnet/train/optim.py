@@ -1,4 +1,4 @@
-"""Optimisers: TF-style RMSProp (as the seeds' weights were trained), SGD, AdamW; parameter groups
+"""Optimisers: TF-style RMSProp (as the published weights were trained), SGD, AdamW; parameter groups
 that keep weight decay off norms and biases."""
 
 from __future__ import annotations
@@ -84,12 +84,20 @@ def param_groups(modules: Iterable[nn.Module | nn.Parameter], weight_decay: floa
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
+def weight_decay(cfg: TrainConfig) -> float:
+    """`cfg.weight_decay`, or when unset, 0.05 for AdamW (decoupled from the gradient) and timm's 2e-5
+    for the optimisers that add it to the gradient, where 0.05 would swamp it."""
+    if cfg.weight_decay is not None:
+        return cfg.weight_decay
+    return 0.05 if cfg.opt.lower() == "adamw" else 2e-5
+
+
 def create_optimizer(cfg: TrainConfig, params: Iterable[nn.Module | nn.Parameter], lr: float) -> Optimizer:
     """The optimiser `cfg.opt` over `params` (modules or parameters) at learning rate `lr`."""
-    groups = [g for g in param_groups(params, cfg.weight_decay) if g["params"]]
+    opt = cfg.opt.lower()
+    groups = [g for g in param_groups(params, weight_decay(cfg)) if g["params"]]
     if not groups:
         raise ConfigError("nothing to train: the model has no parameters that require gradients")
-    opt = cfg.opt.lower()
     if opt in ("sgd", "momentum", "nesterov"):
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=opt != "momentum" and cfg.momentum > 0)
     if opt == "rmsproptf":

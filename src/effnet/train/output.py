@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import sys
-import tempfile
-import time
+import logging
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from .. import outputs, progress
 from .checkpoint import atomic_write_text
 
 SUMMARY_COLUMNS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "img/s")
 EMA_COLUMNS = ("ema_loss", "ema_top1", "ema_top5")
+SKIP_COLUMNS = ("train_skipped", "eval_skipped")
+_LOG = logging.getLogger(__name__)
 
 
 def write_args_yaml(path: Path, values: dict[str, Any]) -> None:
@@ -29,6 +29,8 @@ def write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
     columns = list(SUMMARY_COLUMNS)
     if any("ema_top1" in r for r in rows):
         columns[5:5] = EMA_COLUMNS
+    if any(r.get("train_skipped") or r.get("eval_skipped") for r in rows):
+        columns += SKIP_COLUMNS  # only runs that met unreadable images get the count columns
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -59,53 +61,31 @@ def write_plot(path: Path, rows: list[dict[str, Any]]) -> bool:
     ax_loss.legend()
     ax_acc.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=80)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        outputs.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return True
 
 
 class Progress:
-    """One self-overwriting line per epoch on a terminal (loss, lr, img/s); elsewhere (a log file) a
-    plain line every `log_interval` batches."""
+    """An epoch's progress: a tqdm bar (loss, lr, img/s) when stderr is a terminal; otherwise (a log
+    file, CI) an INFO line every `log_interval` batches, as timm logs."""
 
-    def __init__(self, total: int, epoch: int, epochs: int, stream: TextIO | None = None,
-                 enabled: bool | None = None, log_interval: int = 0) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.enabled = enabled if enabled is not None else True
+    def __init__(self, total: int, epoch: int, epochs: int, enabled: bool = True, log_interval: int = 0) -> None:
         self.total, self.epoch, self.epochs, self.log_interval = total, epoch, epochs, log_interval
-        self.last = 0.0
+        self.bar = progress.bar(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", show=enabled)
+        self.log_lines = enabled and self.bar.disable and log_interval > 0
 
     def update(self, done: int, loss: float, lr: float, img_per_sec: float) -> None:
-        """Redraw at most ten times a second, and always on the last batch."""
-        if not self.enabled:
-            return
-        if not self.tty:
-            if self.log_interval > 0 and done % self.log_interval == 0 and done < self.total:
-                self.stream.write(f"epoch {self.epoch + 1}/{self.epochs} batch {done}/{self.total}: loss {loss:.4f} "
-                                  f"lr {lr:.3g} {img_per_sec:.0f} img/s\n")
-                self.stream.flush()
-            return
-        now = time.monotonic()
-        if now - self.last < 0.1 and done < self.total:
-            return
-        self.last = now
-        width = 24
-        filled = int(width * done / max(1, self.total))
-        bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"\repoch {self.epoch + 1}/{self.epochs} [{bar}] {done}/{self.total} "
-                          f"loss {loss:.4f} lr {lr:.3g} {img_per_sec:.0f} img/s ")
-        self.stream.flush()
+        """`done` batches of `total` are finished (counting any done before a resume)."""
+        stats = f"loss {loss:.4f} lr {lr:.3g} {img_per_sec:.0f} img/s"
+        if not self.bar.disable:
+            self.bar.set_postfix_str(stats, refresh=False)
+            self.bar.update(done - self.bar.n)
+        elif self.log_lines and done % self.log_interval == 0 and done < self.total:
+            _LOG.info(f"epoch {self.epoch + 1}/{self.epochs} batch {done}/{self.total}: {stats}")
 
     def close(self) -> None:
-        """End the line."""
-        if self.enabled and self.tty:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+        """Remove the bar (the epoch's summary line follows)."""
+        self.bar.close()

@@ -70,7 +70,20 @@ class Scheduler:
         self._apply()
 
 
+# timm's 5 warmup epochs, but never more than this share of the run: a 5-epoch run warmed up for all
+# 5 never reaches its learning rate and never starts the cosine decay.
+DEFAULT_WARMUP_EPOCHS = 5.0
+MAX_DEFAULT_WARMUP_SHARE = 0.1
+
+
+def warmup_epochs(cfg: TrainConfig) -> float:
+    """`cfg.warmup_epochs`, or when unset, 5 epochs capped at a tenth of `cfg.epochs`."""
+    if cfg.warmup_epochs is not None:
+        return cfg.warmup_epochs
+    return min(DEFAULT_WARMUP_EPOCHS, MAX_DEFAULT_WARMUP_SHARE * cfg.epochs)
+
+
 def create_scheduler(cfg: TrainConfig, optimizer: Optimizer, base_lr: float, steps_per_epoch: int) -> Scheduler:
     """The schedule `cfg.sched` for a run of `cfg.epochs` epochs."""
-    return Scheduler(optimizer, base_lr, steps_per_epoch, cfg.epochs, cfg.sched, cfg.warmup_epochs,
+    return Scheduler(optimizer, base_lr, steps_per_epoch, cfg.epochs, cfg.sched, warmup_epochs(cfg),
                      cfg.warmup_lr, cfg.decay_epochs, cfg.decay_rate, cfg.min_lr)

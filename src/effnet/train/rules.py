@@ -1,0 +1,71 @@
+"""What each training setting may be: one rule per TrainConfig field, used by the command-line flag
+(at parse time) and for the same key in a YAML config or a resumed run's saved settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..validators import COMMON, INTERPOLATIONS, Rule, at_least, check_sequence, memory_problem, positive, unit
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsproptf", "rmsprop", "adamw", "adam")
+SCHEDULERS = ("step", "cosine", "none")
+DATASETS = ("digits",)
+MAX_SEED = 2**32 - 1  # NumPy's limit; torch's generators take any value up to it too
+
+RULES: dict[str, Rule] = dict(
+    # model
+    model=Rule(str), pretrained=Rule(bool), initial_checkpoint=Rule(str), num_classes=COMMON["num_classes"],
+    in_chans=COMMON["in_chans"], drop=unit(open_hi=True), drop_path=unit(open_hi=True), bn_momentum=unit(),
+    head_init_scale=Rule(float), sync_bn=Rule(bool),
+    # data
+    data_dir=Rule(str), dataset=Rule(str, choices=DATASETS), train_split=Rule(str), val_split=Rule(str),
+    img_size=COMMON["img_size"], crop_pct=COMMON["crop_pct"], interpolation=COMMON["interpolation"],
+    train_interpolation=Rule(str, choices=INTERPOLATIONS + ("random",)),
+    mean=COMMON["mean"], std=COMMON["std"], batch_size=COMMON["batch_size"], validation_batch_size=positive(int),
+    workers=COMMON["workers"],
+    # augmentation and regularisation
+    no_aug=Rule(bool), scale=Rule(float, 0.0, 1.0, lo_open=True), ratio=positive(), hflip=unit(), vflip=unit(),
+    color_jitter=at_least(0.0), aa=Rule(str), reprob=unit(), remode=Rule(str, choices=("pixel", "rand", "const")),
+    recount=positive(int), mixup=at_least(0.0), cutmix=at_least(0.0), mixup_prob=unit(), mixup_switch_prob=unit(),
+    mixup_mode=Rule(str, choices=("batch", "pair", "elem")), smoothing=unit(open_hi=True),
+    # optimiser
+    opt=Rule(str, choices=OPTIMIZERS), opt_eps=positive(), momentum=unit(), weight_decay=at_least(0.0),
+    clip_grad=positive(), clip_mode=Rule(str, choices=("norm", "value")), lr=positive(), lr_base=positive(),
+    lr_base_size=positive(int),
+    # schedule (epochs 0 is allowed where a tool means "no fine-tuning"; `effnet train` asks for >= 1)
+    sched=Rule(str, choices=SCHEDULERS), epochs=Rule(int, 0, 10**6), warmup_epochs=Rule(float, 0.0, 10**6),
+    warmup_lr=at_least(0.0), min_lr=at_least(0.0), decay_epochs=positive(),
+    decay_rate=Rule(float, 0.0, 1.0, lo_open=True),
+    freeze_epochs=Rule(int, 0, 10**6),
+    # EMA
+    model_ema=Rule(bool), model_ema_decay=unit(open_hi=True),
+    # run
+    amp=Rule(bool), amp_dtype=Rule(str, choices=("bfloat16", "float16")), channels_last=Rule(bool),
+    seed=Rule(int, 0, MAX_SEED), output=Rule(str), resume=Rule(str),
+    eval_metric=Rule(str, choices=("top1", "top5", "loss")), log_interval=Rule(int, 0, None), device=Rule(str),
+    log_tensorboard=Rule(bool), log_mlflow=Rule(bool), mlflow_uri=Rule(str), mlflow_experiment=Rule(str),
+    recipe=Rule(str), config=Rule(str),
+)
+
+# per-element rules of the multi-value settings, and how many values each takes
+SEQUENCES = {"mean": None, "std": None, "scale": (2,), "ratio": (2,)}
+ORDERED = ("scale", "ratio")
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a setting: drop_path -> --drop-path."""
+    return "--" + name.replace("_", "-")
+
+
+def combined_problem(cfg: Any) -> str | None:
+    """What is wrong with settings that are fine one by one (value counts, MIN MAX order, memory), or None."""
+    for name, length in SEQUENCES.items():
+        problem = check_sequence(flag_name(name), getattr(cfg, name), length=length or (1, cfg.in_chans),
+                                 ordered=name in ORDERED)
+        if problem:
+            return f"{problem}{'' if length else ' (one per input channel, or one for all)'}"
+    # a lower bound: the stem's output, its BatchNorm and activation kept for the backward pass (every
+    # published model reads at least 224 px)
+    size, batch = cfg.img_size or 224, max(cfg.batch_size, cfg.validation_batch_size or 0)
+    return memory_problem(f"--img-size {size} with --batch-size {batch}",
+                          batch * size**2 * (cfg.in_chans + 3 * 8) * 4, "lower --img-size or --batch-size")
