@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test demo fixtures bench clean
+.PHONY: install test test-all demo fixtures bench clean
 
 install: $(STAMP)
 
@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all]'
 	touch $(STAMP)
 
+# `make test` skips the tests marked slow (about 6 minutes on 2 cores); CI runs them all.
 test: install
+	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+test-all: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install
