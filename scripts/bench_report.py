@@ -1,104 +1,291 @@
-"""Regenerate the README's benchmark table (the block between the `benchmarks` markers).
+"""Regenerate the README's benchmark block (between the `benchmarks` markers) from one run.
 
-Every ratio is measured side by side, interleaved in one process, so the measuring step needs the
-reference implementation importable (the side environment of ../shared/reference); rendering with
-digits-trained checkpoints needs the project's .venv (scikit-learn for the digits). Two steps:
+Every figure is measured side by side, interleaved in one process, against the peers a user could
+pick instead, so it needs an environment where effnet, the reference implementation (timm),
+onnx/onnxruntime and torchao (for int8) are importable: the side environment built by
+`../shared/reference/setup-reference-env.sh DIR`, then `DIR/bin/pip install onnx onnxruntime onnxscript torchao`:
 
-    PYTHONPATH=src /root/.cache/effnet-reference/bin/python scripts/bench_report.py --json bench.json
-    .venv/bin/python scripts/bench_report.py --from-json bench.json --update-readme \
-        --trained efficientnet_b1_pruned=CKPT --trained tf_efficientnet_cc_b0_4e=CKPT
+    PYTHONPATH=src DIR/bin/python scripts/bench_report.py --update-readme --json bench.json
 
-Without --update-readme the block is printed only."""
+The README's figures: the default two models at batch 16 and 1, training at batch 32 and 160 px.
+`--models`, `--batch-sizes`, `--img-size`, `--train-batch`, `--train-img` make a quicker trial.
+
+`--from-json bench.json` renders saved figures again without measuring. Without --update-readme
+the block is printed only."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-
-import torch
-
-from effnet.benchmark import Result, bench_inference, bench_train, reference_available
-from effnet.optimize import cpu_bf16_units
-from effnet.registry import get_config, list_models
-from effnet.tools.benchmark import machine
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+MODELS = ("tf_efficientnet_cc_b0_4e", "efficientnet_b1_pruned")
+# oneDNN reads this when it creates its first primitive: set before anything runs a conv
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
+
+import torch  # noqa: E402
+
+from effnet import peers as peer_models  # noqa: E402
+from effnet.benchmark import Result, bench_inference, bench_train  # noqa: E402
+from effnet.peak import cpu_units, describe, matmul_peaks  # noqa: E402
+from effnet.registry import get_config  # noqa: E402
+
+Figures = dict[str, Any]  # {"machine": str, "threads": int, "peaks": {...}, "train": [batch, px], "models": {...}}
 
 
-def _pick(results: list[Result], impl: str, mode: str, dtype: str, batch: int) -> Result | None:
-    return next((r for r in results if (r.impl, r.mode, r.dtype, r.batch) == (impl, mode, dtype, batch)), None)
+def save_figures(path: Path, figures: Figures) -> None:
+    """The raw figures as JSON (the `--json` file)."""
+    out = dict(figures, models={k: [asdict(r) for r in v] for k, v in figures["models"].items()})
+    path.write_text(json.dumps(out, indent=1))
 
 
-def save_figures(path: Path, figures: dict[str, list[Result]]) -> None:
-    """The raw figures, per model, as JSON (the `--json` file)."""
-    path.write_text(json.dumps({k: [asdict(r) for r in v] for k, v in figures.items()}, indent=1))
-
-
-def load_figures(path: Path) -> dict[str, list[Result]]:
+def load_figures(path: Path) -> Figures:
     """Figures written by `save_figures` (read by `--from-json`)."""
-    return {k: [Result(**r) for r in v] for k, v in json.loads(path.read_text()).items()}
+    data = json.loads(path.read_text())
+    data["models"] = {k: [Result(**r) for r in v] for k, v in data["models"].items()}
+    return data
 
 
-def measure(names: list[str], iters: int, train: bool, save: Path | None,
-            compiled: set[str]) -> dict[str, list[Result]]:
-    """All figures per model: fp32 eager/optimised(/compiled) and bf16 optimised(/compiled) inference at
-    batch 1 and 16, fp32 training of the CondConv models. Models in `compiled` also get the
-    `optimize_for_inference(..., compile=True)` figures. With `save`, the figures so far are written
-    there after every model."""
-    out: dict[str, list[Result]] = {}
+def measure(names: list[str], iters: int, train: tuple[int, int] | None, save: Path | None,
+            batches: tuple[int, ...] = (16, 1), img_size: int | None = None,
+            train_modes: tuple[str, ...] = ("eager", "compiled")) -> Figures:
+    """Per model, one interleaved rotation at each batch size (16 and 1) of every peer and of effnet optimized and
+    compiled at fp32 and bf16 (int8 compiled where this effnet has int8), then the training steps."""
+    peers = tuple(p for p in peer_models.PEERS if peer_models.available(p))
+    for p in peer_models.PEERS:
+        if p not in peers:
+            print(peer_models.missing_reason(p), file=sys.stderr)
+    peaks = matmul_peaks()
+    dtypes = ("fp32", "bf16", "int8") if peer_models.int8_available() else ("fp32", "bf16")
+    figures: Figures = {"machine": describe(torch.get_num_threads(), peaks), "threads": torch.get_num_threads(),
+                        "peaks": peaks, "units": cpu_units(), "train": list(train) if train else None,
+                        "int8": "int8" in dtypes, "iters": iters, "peers": list(peers), "batches": list(batches),
+                        "img_size": img_size, "models": {}}
     for name in names:
-        extra = ("compiled",) if name in compiled else ()
-        res = bench_inference(name, (1, 16), dtype="fp32", modes=("eager", "optimized", *extra), compare=True,
-                              iters=iters)
-        bf = bench_inference(name, (1, 16), dtype="bf16", modes=("optimized", *extra), compare=True, iters=iters)
-        res += [r for r in bf if r.impl == "effnet"]
-        torch._dynamo.reset()  # compiled graphs of this model are no longer needed
-        if train and get_config(name).experts:
-            res += bench_train(name, 32, 128, compare=True, iters=max(3, iters // 2))
-        out[name] = res
+        res = bench_inference(name, batches, img_size, dtype=dtypes, modes=("optimized", "compiled"), peers=peers,
+                              iters=iters, peaks=peaks)
+        torch._dynamo.reset()  # this model's compiled graphs are no longer needed
+        if train:
+            res += bench_train(name, train[0], train[1], peers=peers, modes=train_modes, amp=True,
+                               iters=max(3, iters // 2))
+            torch._dynamo.reset()
+        figures["models"][name] = res
         print(f"measured {name}", file=sys.stderr, flush=True)
         if save is not None:
-            save_figures(save, out)
-    return out
+            save_figures(save, figures)
+    return figures
 
 
-def _rel_err(low: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((low.float() - ref).abs().max() / ref.abs().max()).item()
+def _pick(res: list[Result], impl: str, mode: str, dtype: str, batch: int, train: bool = False) -> Result | None:
+    return next((r for r in res if (r.impl, r.mode, r.dtype, r.batch, r.train) == (impl, mode, dtype, batch, train)),
+                None)
 
 
-@torch.no_grad()
-def bf16_error(name: str) -> float:
-    """Max |bf16 - fp32| / max |fp32| of the logits, with the parity fixtures' synthetic weights."""
-    from safetensors.torch import load_file
+def _cell(r: Result | None, ratio: str | None = None) -> str:
+    """img/s, the share of peak at its precision, and optionally a ratio."""
+    if r is None:
+        return "-"
+    text = f"{r.img_per_s:.1f}"
+    if r.peak_share is not None:
+        text += f" ({100 * r.peak_share:.0f}%)"
+    if ratio and ratio in r.ratio:
+        text += f" x{r.ratio[ratio]:.2f}"
+    return text
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from synthetic import synthetic_input, synthetic_state_dict  # the tests' deterministic weights
 
-    from effnet import create_model, optimize_for_inference
-    from effnet.registry import load_weights
-    fixtures = ROOT / "tests" / "fixtures"
-    sd = synthetic_state_dict(json.loads((fixtures / "reference" / f"{name}.json").read_text())["state_dict"])
-    sd.update({k[3:]: v for k, v in load_file(str(fixtures / "parity" / f"{name}.safetensors")).items()
-               if k.startswith("bn.")})
-    model = create_model(name).eval()
-    load_weights(model, sd, "synthetic weights")
-    size = model.pretrained_cfg["input_size"][-1]
-    x = synthetic_input(2, size, size)
-    return _rel_err(optimize_for_inference(model, dtype=torch.bfloat16, input_size=size)(x), model(x))
+def _best(*rs: Result | None) -> Result | None:
+    found = [r for r in rs if r is not None]
+    return max(found, key=lambda r: r.img_per_s) if found else None
+
+
+def _secs(r: Result | None) -> str:
+    return f"{r.compile_s:.0f} s" if r is not None and r.compile_s is not None else "-"
+
+
+class Targets:
+    """The issue's targets: each with its worst measured figure and met / missed by how much."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[tuple[str, float]]] = {}
+
+    def add(self, key: str, where: str, value: float | None) -> None:
+        if value is not None:
+            self.values.setdefault(key, []).append((where, value))
+
+    def worst(self, key: str, higher: bool = True) -> tuple[str, float] | None:
+        vals = self.values.get(key)
+        return (min if higher else max)(vals, key=lambda t: t[1]) if vals else None
+
+    def line(self, key: str, text: str, bound: float, higher: bool, kind: str = "ratio",
+             missing: str = "not measured in this run") -> str:
+        worst = self.worst(key, higher)
+        if worst is None:
+            return f"- {text}: {missing}"
+        where, value = worst
+        met = value >= bound if higher else value <= bound
+        gap = abs(value - bound)
+        by = {"ratio": f"{gap:.2f}", "pct": f"{100 * gap:.0f} points", "sci": f"{gap:.1e}"}[kind]
+        verdict = "**met**" if met else f"**missed** by {by}"
+        return f"- {text}: {verdict} (worst: {where}, {_fmt(value, kind)}; {len(self.values[key])} figure(s))"
+
+
+def _fmt(v: float, kind: str = "ratio") -> str:
+    return {"ratio": f"x{v:.2f}", "pct": f"{100 * v:.0f}%", "sci": f"{v:.1e}"}[kind]
+
+
+def render(figures: Figures, trained: dict[str, dict[str, float]] | None = None) -> str:
+    """The markdown block: machine, method, tables, and every target against the best peer."""
+    units = figures.get("units") or ()
+    bf16_units = any(u in units for u in ("avx512_bf16", "amx_bf16"))
+    t = Targets()
+    batches = figures.get("batches") or [16, 1]
+    big = max(batches)
+    inf = ["| model | batch | reference eager | reference compiled | ONNX Runtime | effnet optimized "
+           "| **effnet compiled** | effnet vs best peer | compile time effnet / reference |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    low = ["| model | batch | reference compiled + autocast bf16 | effnet bf16 optimized | **effnet bf16 compiled** "
+           "| bf16 vs effnet fp32 compiled | ONNX Runtime int8 | **effnet int8 compiled** "
+           "| int8 vs effnet fp32 compiled |", "|---|---|---|---|---|---|---|---|---|"]
+    trn = ["| model | reference eager | reference compiled | effnet eager | effnet compiled | dense twin eager "
+           "| dense twin compiled | effnet bf16 autocast eager / compiled | compile time effnet / dense / reference "
+           "| MB per sample effnet / reference |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, res in figures["models"].items():
+        cond = bool(get_config(name).experts)
+        for b in batches:
+            k = "big" if b == big else f"b{b}"
+            p = lambda impl, mode, dtype: _pick(res, impl, mode, dtype, b)  # noqa: E731
+            fast = _best(p("effnet", "optimized", "fp32"), p("effnet", "compiled", "fp32"))
+            inf.append(f"| {name} | {b} | {_cell(p('reference', 'eager', 'fp32'))} "
+                       f"| {_cell(p('reference', 'compiled', 'fp32'))} | {_cell(p('onnxruntime', 'onnx', 'fp32'))} "
+                       f"| {_cell(p('effnet', 'optimized', 'fp32'))} | {_cell(p('effnet', 'compiled', 'fp32'))} "
+                       + (f"| x{fast.ratio['best peer']:.2f} vs {fast.best_peer} " if fast and "best peer" in fast.ratio
+                          else "| - ")
+                       + f"| {_secs(p('effnet', 'compiled', 'fp32'))} / {_secs(p('reference', 'compiled', 'fp32'))} |")
+            if fast is not None:
+                t.add(f"fp32-{k}", f"{name} b{b} vs {fast.best_peer}", fast.ratio.get("best peer"))
+                if b == big:
+                    t.add("share-pruned" if not cond else "share-cc", f"{name} b16", fast.peak_share)
+            bf = _best(p("effnet", "optimized", "bf16"), p("effnet", "compiled", "bf16"))
+            i8 = p("effnet", "compiled", "int8") or p("effnet", "optimized", "int8")
+            low.append(f"| {name} | {b} | {_cell(p('reference', 'compiled', 'bf16-autocast'))} "
+                       f"| {_cell(p('effnet', 'optimized', 'bf16'))} | {_cell(p('effnet', 'compiled', 'bf16'))} "
+                       f"| {_fmt(bf.ratio['effnet fp32']) if bf and 'effnet fp32' in bf.ratio else '-'} "
+                       f"| {_cell(p('onnxruntime', 'onnx', 'int8'))} | {_cell(i8)} "
+                       f"| {_fmt(i8.ratio['effnet fp32']) if i8 and 'effnet fp32' in i8.ratio else '-'} |")
+            if bf is not None:
+                t.add(f"bf16-{k}", f"{name} b{b}", bf.ratio.get("effnet fp32"))
+                t.add(f"bf16peer-{k}", f"{name} b{b} vs {bf.best_peer}", bf.ratio.get("best peer"))
+            if i8 is not None:
+                t.add("int8", f"{name} b{b}", i8.ratio.get("effnet fp32"))
+                t.add("int8peer", f"{name} b{b} vs {i8.best_peer}", i8.ratio.get("best peer"))
+        if figures.get("train"):
+            bt = figures["train"][0]
+            q = lambda impl, mode, dtype="fp32": _pick(res, impl, mode, dtype, bt, train=True)  # noqa: E731
+            mem = lambda r: f"{r.mem_mb_per_sample:.0f}" if r and r.mem_mb_per_sample is not None else "-"  # noqa: E731
+            amp = " / ".join(_cell(q("effnet", m, "bf16-autocast"), "effnet fp32") for m in ("eager", "compiled"))
+            trn.append(f"| {name} | {_cell(q('reference', 'eager'))} | {_cell(q('reference', 'compiled'))} "
+                       f"| {_cell(q('effnet', 'eager'), 'reference')} | {_cell(q('effnet', 'compiled'), 'reference')} "
+                       f"| {_cell(q('effnet-dense', 'eager'))} | {_cell(q('effnet-dense', 'compiled'))} | {amp} "
+                       f"| {' / '.join(_secs(q(i, 'compiled')) for i in ('effnet', 'effnet-dense', 'reference'))} "
+                       f"| {mem(q('effnet', 'eager'))} / {mem(q('reference', 'eager'))} |")
+            for mode in ("eager", "compiled"):
+                ours = q("effnet", mode)
+                if ours is None:
+                    continue
+                t.add("train", f"{name} {mode}", ours.ratio.get("reference"))
+                if cond and "dense" in ours.ratio:
+                    t.add("dense", f"{name} {mode}", 1 / ours.ratio["dense"])
+                a = q("effnet", mode, "bf16-autocast")
+                if a is not None:
+                    t.add("amp", f"{name} {mode}", a.ratio.get("effnet fp32"))
+            ours_c, ref_c = q("effnet", "compiled"), q("reference", "compiled")
+            if cond and ours_c and ref_c and ours_c.compile_s and ref_c.compile_s:
+                t.add("compile", name, ours_c.compile_s / ref_c.compile_s)
+    for name, err in (trained or {}).items():
+        t.add("bf16err", name, err["err"])
+    no_bf16 = "not applicable: this CPU has no bf16 units (bf16 is emulated)"
+    amx = "amx_bf16" in units
+    int8_peer = t.worst("int8peer")
+    targets = [
+        t.line("fp32-big", f"fp32 batch {big}: effnet's fastest path >= 1.3x the best peer", 1.3, True),
+        t.line("fp32-b1", "fp32 batch 1: effnet's fastest path >= 1.3x the best peer", 1.3, True),
+        t.line("int8", f"int8: >= 2x effnet's fp32 compiled (batch {big} and 1)", 2.0, True,
+               missing="not measured in this run" + ("" if figures.get("int8") else " (torchao not importable)"))
+        + (f"; against the best peer at any precision: worst {int8_peer[0]}, {_fmt(int8_peer[1])}" if int8_peer
+           else ""),
+        t.line("bf16-big", f"bf16: >= 2x effnet's fp32 compiled (batch {big})", 2.0, True)
+        if bf16_units else f"- bf16 >= 2x effnet's fp32 compiled: {no_bf16}",
+        t.line("share-pruned", f"efficientnet_b1_pruned fp32 (batch {big}) >= 65% of the fp32 matmul peak", 0.65,
+               True, "pct"),
+        t.line("share-cc", f"CondConv fp32 (batch {big}) >= 45% of the fp32 matmul peak", 0.45, True, "pct"),
+        t.line("train", "training step >= 1.3x the reference's (eager vs eager, compiled vs compiled)", 1.3, True),
+        t.line("dense", "CondConv training step time <= 1.2x its dense twin's", 1.2, False),
+        t.line("amp", "bf16 autocast training >= 1.5x fp32", 1.5, True)
+        if bf16_units else f"- bf16 autocast training >= 1.5x fp32: {no_bf16}",
+        t.line("compile", "CondConv training compile time <= the reference's (ratio of seconds)", 1.0, False),
+        t.line("bf16-big", f"bf16 on AMX: >= 3x effnet's fp32 compiled at batch {big}", 3.0, True)
+        if amx else "- bf16 on AMX >= 3x fp32 compiled at batch 16: not applicable: this CPU has no amx_bf16",
+        t.line("bf16-b1", "bf16 on AMX: not slower than fp32 at batch 1", 1.0, True)
+        if amx else "- bf16 on AMX not slower than fp32 at batch 1: not applicable: this CPU has no amx_bf16",
+        t.line("bf16err", "bf16 logits within 2e-2 relative of fp32 (digits-trained weights)", 2e-2, False, "sci",
+               "not measured in this run (`--trained MODEL=CHECKPOINT`)"),
+    ]
+    train_text = []
+    if figures.get("train"):
+        bt, px = figures["train"]
+        train_text = ["", f"Training: one SGD step (momentum 0.9) at batch {bt}, {px} px, channels-last for every "
+                      "candidate, img/s (the ratio after effnet's figure is against the reference in the same mode, "
+                      "after bf16 against effnet's fp32); *compiled* is `torch.compile` of the model (inductor, "
+                      "default options); compile time is the first step. The dense twin is the same widths with "
+                      "`experts=0`. Memory per sample is the peak resident-set growth over one step divided by "
+                      "the batch size.", "", *trn]
+    peers = ", ".join(figures.get("peers", [])) or "none"
+    size_text = f"{figures['img_size']} px" if figures.get("img_size") else "each model's native input size"
+    lines = [START, "", "### Benchmarks", "",
+             f"Machine: {figures['machine']}. No GPU was available, so GPU figures are not measured.", "",
+             "One run of `scripts/bench_report.py`; per model one process rotation: every candidate built from "
+             "the same synthetic weights, warmed for at least two calls, timed interleaved with the order "
+             f"reversed every round, medians ({figures.get('iters', 5)} rounds, at batch 1 at least 20); "
+             f"{figures['threads']} threads set "
+             "explicitly; oneDNN's primitive cache enlarged so that the rotation does not overflow it. Peers "
+             f"measured ({peers}): the reference implementation eager (channels-last), under `torch.compile` "
+             "with the options effnet uses (inductor, weight freezing, static shapes), and compiled under "
+             "`torch.autocast` for bf16; ONNX Runtime on effnet's own ONNX export (fp32, and int8 QDQ). "
+             "Each figure is img/s and, in brackets, its share of this machine's measured matmul peak "
+             "(2048x2048) at that precision: 2 x MACs per image x img/s over the peak. Compile time is the "
+             "first call at that batch size, with inductor's on-disk cache off.", "",
+             f"Inference, fp32, at {size_text}:", "", *inf, "",
+             "Inference, low precision (effnet's ratio against its own fp32 compiled figure in the same run):", "",
+             *low, *train_text, "",
+             "*optimized* is `effnet.optimize_for_inference(model, input_size=...)` (BatchNorm folded, static "
+             "padding, channels-last); *compiled* adds `compile=True`; bf16 is `dtype=torch.bfloat16`; int8 is "
+             "`dtype=torch.int8` with calibration batches (PT2E post-training quantization), compiled. "
+             "A `-` means not measured in this run.", "",
+             "Any single figure: `effnet benchmark --model NAME [--batch-size 1,16] [--dtype fp32|bf16|int8] "
+             "[--modes eager,optimized,compiled] [--train] [--compare [reference,onnxruntime]] [--threads N] "
+             "[--format json]`.", "",
+             "Targets (issue 14), against the best peer measured in the same run, never the eager reference; "
+             "worst figure over the models and batch sizes measured:", "", *targets, "",
+             "Regenerate (about half an hour per model on 2 cores) in the side environment of the reference "
+             "implementation (`../shared/reference/setup-reference-env.sh DIR`, then "
+             "`DIR/bin/pip install onnx onnxruntime onnxscript torchao`):", "", "```",
+             "PYTHONPATH=src DIR/bin/python scripts/bench_report.py --update-readme --json bench.json",
+             "```", "", END]
+    return "\n".join(lines)
 
 
 @torch.no_grad()
 def bf16_error_trained(name: str, checkpoint: Path, img_size: int = 32) -> dict[str, float]:
     """bf16 vs fp32 logits of a digits-trained checkpoint over the whole digits validation split:
-    max relative error (as for the synthetic weights), top-1 agreement, and fp32 top-1."""
+    max relative error, top-1 agreement, and fp32 top-1 (needs scikit-learn for the digits)."""
     from effnet import create_model, optimize_for_inference
     from effnet.data import DigitsDataset, create_transform
     model = create_model(name, num_classes=10, checkpoint_path=str(checkpoint)).eval()
@@ -109,180 +296,9 @@ def bf16_error_trained(name: str, checkpoint: Path, img_size: int = 32) -> dict[
     y = torch.tensor([data[i][1] for i in range(len(data))])
     ref = model(x)
     low = optimize_for_inference(model, dtype=torch.bfloat16, input_size=img_size)(x).float()
-    return {"err": _rel_err(low, ref), "agree": (low.argmax(1) == ref.argmax(1)).float().mean().item(),
+    return {"err": ((low - ref).abs().max() / ref.abs().max()).item(),
+            "agree": (low.argmax(1) == ref.argmax(1)).float().mean().item(),
             "top1": (ref.argmax(1) == y).float().mean().item(), "count": float(len(data))}
-
-
-def _fmt(r: Result | None, key: str = "reference") -> str:
-    if r is None:
-        return "-"
-    ratio = r.ratio.get(key)
-    return f"{r.img_per_s:.1f}" + (f" (x{ratio:.2f})" if ratio is not None else "")
-
-
-def _lat(r: Result | None) -> str:
-    """Batch-1 median latency and its ratio to the reference's fp32 one (lower is better)."""
-    if r is None:
-        return "-"
-    ratio = r.ratio.get("reference")
-    return f"{r.latency_ms['p50']:.0f} ms" + (f" (x{1 / ratio:.2f})" if ratio else "")
-
-
-def _best(rs: list[Result | None], higher: bool = True) -> Result | None:
-    found = [r for r in rs if r is not None]
-    if not found:
-        return None
-    return max(found, key=lambda r: r.img_per_s) if higher else min(found, key=lambda r: r.latency_ms["p50"])
-
-
-def _coverage(figures: dict[str, list[Result]]) -> str:
-    """A sentence naming the models this run left out, if any."""
-    missing = [n for n in list_models() if n not in figures]
-    return f" This run measured {len(figures)} of the {len(list_models())} models (not: {', '.join(missing)})." \
-        if missing else ""
-
-
-def render(figures: dict[str, list[Result]], trained: dict[str, Path] | None = None) -> str:
-    """The markdown block: machine, tables, and which targets are met."""
-    lines = [START, "", "### Benchmarks", "",
-             f"Machine: {machine()}. No GPU was available, so "
-             "GPU figures are not measured. Machines here are shared, so absolute figures vary between runs; "
-             "ratios (in brackets, effnet over the reference implementation's "
-             "fp32 eager figure; for latency, effnet's over the reference's, lower is better) come from "
-             "candidates timed interleaved in one process." + _coverage(figures), "",
-             "Inference, fp32 (img/s at batch 16; median latency at batch 1):", "",
-             "| model | reference b16 | eager b16 | optimized b16 | **compiled b16** | reference b1 | eager b1 "
-             "| optimized b1 | **compiled b1** | compile time (fp32 b16 / bf16 b16) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    table2 = ["Inference, bf16 (`dtype=torch.bfloat16`), and fp32 training:", "",
-              "| model | bf16 optimized b16 | **bf16 compiled b16** | bf16 optimized b1 | **bf16 compiled b1** "
-              "| bf16 logits rel. err (synthetic weights) | train img/s (b32, 128px) | train step vs dense twin |",
-              "|---|---|---|---|---|---|---|---|"]
-    checks: dict[str, list[tuple[str, float]]] = {k: [] for k in ("inf", "lat", "bf16", "train", "dense",
-                                                                  "bf16err", "bf16trained")}
-    for name, res in figures.items():
-        pick = lambda impl, mode, dtype, batch: _pick(res, impl, mode, dtype, batch)  # noqa: E731
-        fp = {(m, b): pick("effnet", m, "fp32", b) for m in ("eager", "optimized", "compiled") for b in (1, 16)}
-        bf = {(m, b): pick("effnet", m, "bf16", b) for m in ("optimized", "compiled") for b in (1, 16)}
-        r1, r16 = pick("reference", "eager", "fp32", 1), pick("reference", "eager", "fp32", 16)
-        tr, dense = pick("effnet", "train", "fp32", 32), pick("effnet-dense", "train", "fp32", 32)
-        best16 = _best([fp[m, 16] for m in ("eager", "optimized", "compiled")])
-        best1 = _best([fp[m, 1] for m in ("eager", "optimized", "compiled")], higher=False)
-        bbest16 = _best([bf[m, 16] for m in ("optimized", "compiled")])
-        if best16 is not None:
-            checks["inf"].append((name, best16.ratio.get("reference", float("nan"))))
-        if best1 is not None and r1 is not None:
-            checks["lat"].append((name, best1.latency_ms["p50"] / r1.latency_ms["p50"]))
-        if bbest16 is not None:
-            checks["bf16"].append((name, bbest16.ratio.get("reference", float("nan"))))
-        err = bf16_error(name)
-        checks["bf16err"].append((name, err))
-        step = "-"
-        if tr:
-            checks["train"].append((name, tr.ratio.get("reference", float("nan"))))
-            if dense and get_config(name).experts:
-                checks["dense"].append((name, 1 / tr.ratio["dense"]))
-                step = f"{1 / tr.ratio['dense']:.2f}x"
-        ctime = " / ".join(f"{r.compile_s:.0f} s" if r is not None and r.compile_s is not None else "-"
-                           for r in (fp["compiled", 16], bf["compiled", 16]))
-        lines.append(f"| {name} | {_fmt(r16)} | {_fmt(fp['eager', 16])} | {_fmt(fp['optimized', 16])} "
-                     f"| {_fmt(fp['compiled', 16])} | {_lat(r1)} | {_lat(fp['eager', 1])} | {_lat(fp['optimized', 1])} "
-                     f"| {_lat(fp['compiled', 1])} | {ctime} |")
-        table2.append(f"| {name} | {_fmt(bf['optimized', 16])} | {_fmt(bf['compiled', 16])} "
-                      f"| {_lat(bf['optimized', 1])} | {_lat(bf['compiled', 1])} | {err:.1e} | {_fmt(tr)} | {step} |")
-    trained_lines = []
-    for name, ckpt in (trained or {}).items():
-        t = bf16_error_trained(name, ckpt)
-        checks["bf16trained"].append((name, t["err"]))
-        trained_lines.append(f"- {name}, digits-trained (32 px, fp32 top-1 {100 * t['top1']:.1f}% on "
-                             f"{t['count']:.0f} validation digits): bf16 logits max rel. err **{t['err']:.1e}**, "
-                             f"bf16 and fp32 predict the same class for {100 * t['agree']:.1f}% of them")
-    lines += ["", *table2, "",
-              "Columns: *eager* is the model as `create_model` returns it; *optimized* is "
-              "`effnet.optimize_for_inference(model, input_size=...)` (BatchNorm folded into every conv and "
-              "CondConv expert, static padding, channels-last); *compiled* is the same with `compile=True` "
-              "(`torch.compile`, inductor, static shapes, weight freezing; the fastest path effnet has, for "
-              "inference under `torch.inference_mode()`); its compile time is the first call at that batch "
-              "size, paid once per input shape. bf16 is `dtype=torch.bfloat16`: native on CPUs "
-              "with avx512_bf16/amx_bf16 units, emulated through fp32 conversions on CPUs without them. "
-              "Training is an fp32 SGD step at batch 32, 128 px, channels-last for effnet; the dense twin is "
-              "the same widths with `experts=0`. A `-` means not measured in this run.", "",
-              "bf16 accuracy. The table's error uses the parity fixtures' synthetic weights (random, unnormalised "
-              "activations that amplify rounding); on trained networks:", ""]
-    lines += trained_lines or ["- not measured in this run (`--trained MODEL=CHECKPOINT`)"]
-    lines += ["", "Fastest inference in code:", "", "```python",
-              "fast = effnet.optimize_for_inference(model, dtype=torch.bfloat16, input_size=240, compile=True)",
-              "with torch.inference_mode():",
-              "    logits = fast(images)  # first call per input shape compiles",
-              "```", "",
-              "Any single figure: `effnet benchmark --model NAME|all [--batch-size 1,16] [--dtype bf16] "
-              "[--modes eager,optimized,compiled] [--train] [--compare reference] [--format json]`.", "",
-              "Targets (met / not met, worst model's figure, best effnet mode per model):", ""]
-    lines += _verdicts(checks)
-    lines += ["", "Regenerate in two steps: measure in the side environment where the reference implementation "
-              "is importable (built by `../shared/reference/setup-reference-env.sh`), then render with the "
-              "project's `.venv`, which also measures the bf16 error of digits-trained checkpoints "
-              "(`.venv/bin/python scripts/demo.py --model NAME --output DIR` trains one):", "",
-              "```",
-              "PYTHONPATH=src /root/.cache/effnet-reference/bin/python scripts/bench_report.py --json bench.json",
-              ".venv/bin/python scripts/bench_report.py --from-json bench.json --update-readme \\",
-              "    --trained efficientnet_b1_pruned=DIR/train/model_best.pth.tar \\",
-              "    --trained tf_efficientnet_cc_b0_4e=DIR2/train/model_best.pth.tar",
-              "```", "", END]
-    return "\n".join(lines)
-
-
-# Why a target is missed: what is known about where the time or error goes (not profiled further).
-_WHY = {
-    "inf": "effnet runs the same oneDNN conv kernels as the reference; folding BatchNorm, static padding, "
-           "channels-last and inductor's fusion of SiLU/SE/residual ops remove the overhead around them, which "
-           "is worth about 1.5-3x here, not more. CondConv's per-sample kernels are mixed at run time, so "
-           "freezing cannot prepack them",
-    "lat": "at batch 1 the convs themselves (depthwise ones memory-bound) dominate, and those are the same "
-           "kernels in both implementations",
-    "bf16-emulated": "this CPU has no bf16 units, so oneDNN emulates bf16 through fp32 conversions and it runs "
-                     "slower than fp32 (optimize_for_inference warns about it); with the units, AMX speeds up "
-                     "the 1x1 convs, though the memory-bound depthwise convs, SE and elementwise ops gain little",
-    "bf16": "AMX speeds up the 1x1 convs, but the depthwise convs, SE and elementwise ops are memory-bound "
-            "and gain little from bf16; at batch 1-16 on 2 cores that caps bf16 well below 6x",
-    "train": "the per-sample depthwise conv (a grouped conv over batch x channels) and the expert mixing "
-             "dominate the backward pass",
-    "dense": "per-sample kernels cannot use the dense conv kernels: the depthwise conv becomes a grouped conv "
-             "with batch x channels groups, the 1x1 convs batched matmuls, plus the mixing's backward",
-    "bf16err": "bf16 keeps 8 mantissa bits; rounding through ~20 layers reaches a few 1e-2 of the largest logit, "
-               "more with the synthetic weights' unnormalised activations",
-    "bf16trained": "the same rounding, more of it where a conv's kernel is itself mixed per sample (CondConv) and "
-                   "where the network is less trained (the CondConv digits model reaches less top-1 in the "
-                   "demo's 15 epochs); the predicted class agrees for the fraction stated above",
-}
-
-
-def _why(key: str) -> str:
-    return _WHY["bf16-emulated"] if key == "bf16" and cpu_bf16_units() == () else _WHY[key]
-
-
-def _verdicts(checks: dict[str, list[tuple[str, float]]]) -> list[str]:
-    specs = [("inf", "fp32 batch-16 throughput >= 3x the reference", 3.0, True),
-             ("lat", "fp32 batch-1 latency <= 1/3 of the reference's", 1 / 3, False),
-             ("bf16", "bf16 (optimize_for_inference) batch-16 throughput >= 6x the reference's fp32", 6.0, True),
-             ("train", "CondConv training (b32, 128px) >= 3x the reference's img/s", 3.0, True),
-             ("dense", "CondConv training step <= 1.3x the dense twin's", 1.3, False),
-             ("bf16err", "bf16 logits within 2e-2 relative of fp32 (synthetic weights)", 2e-2, False),
-             ("bf16trained", "bf16 logits within 2e-2 relative of fp32 (digits-trained weights)", 2e-2, False)]
-    out = []
-    for key, text, bound, higher in specs:
-        vals = [(n, v) for n, v in checks[key] if key != "train" or get_config(n).experts]
-        if not vals:
-            out.append(f"- {text}: not measured")
-            continue
-        worst = min(vals, key=lambda t: t[1]) if higher else max(vals, key=lambda t: t[1])
-        met = all((v >= bound) if higher else (v <= bound) for _, v in vals)
-        median = statistics.median(v for _, v in vals)
-        fmt = (lambda v: f"{v:.1e}") if key.startswith("bf16e") or key == "bf16trained" else (
-            lambda v: f"x{v:.2f}")  # noqa: E731
-        out.append(f"- {text}: **{'met' if met else 'not met'}** (worst {worst[0]} {fmt(worst[1])}, "
-                   f"median {fmt(median)}; {len(vals)} model(s))" + ("" if met else f". Why: {_why(key)}."))
-    return out
 
 
 def update_readme(block: str, readme: Path = README) -> None:
@@ -301,39 +317,43 @@ def update_readme(block: str, readme: Path = README) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="all", help="comma-separated names or 'all'")
-    p.add_argument("--iters", type=int, default=3, help="timed rounds per batch size (batch 1: at least 20)")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated names (default: %(default)s)")
+    p.add_argument("--iters", type=int, default=5, help="timed rounds per batch size (batch 1: at least 20)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--batch-sizes", default="16,1", help="inference batch sizes (default: %(default)s)")
+    p.add_argument("--img-size", type=int, default=None, help="inference input size (default: each model's own)")
+    p.add_argument("--train-batch", type=int, default=32)
+    p.add_argument("--train-img", type=int, default=160)
+    p.add_argument("--train-modes", default="eager,compiled", help="training modes (default: %(default)s)")
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--update-readme", action="store_true")
-    p.add_argument("--json", default=None, help="also write the raw figures here")
-    p.add_argument("--from-json", default=None, help="render from figures saved by --json instead of measuring")
-    p.add_argument("--compiled", default="all",
-                   help="models that also get optimize_for_inference(compile=True) figures: 'all', 'none' or names")
+    p.add_argument("--json", default=None, help="also write the raw figures here (after every model)")
+    p.add_argument("--from-json", default=None, help="render figures saved by --json instead of measuring")
     p.add_argument("--trained", action="append", default=[], metavar="MODEL=CHECKPOINT",
                    help="also measure the bf16 logits error of this digits-trained checkpoint (repeatable)")
     args = p.parse_args()
-    trained = {}
+    checkpoints = {}
     for item in args.trained:
         name, sep, path = item.partition("=")
         if not sep or not Path(path).is_file():
             print(f"bench_report: --trained expects MODEL=CHECKPOINT with an existing file, got {item!r}",
                   file=sys.stderr)
             return 2
-        trained[name] = Path(path)
+        checkpoints[name] = Path(path)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     if args.from_json:
         figures = load_figures(Path(args.from_json))
     else:
-        if not reference_available():
-            print("bench_report: the reference implementation (timm) is not importable; run it with the "
+        if not peer_models.available("reference"):
+            print("bench_report: the reference implementation (timm) is not importable; run it in the "
                   "reference environment (see the docstring)", file=sys.stderr)
             return 2
-        torch.manual_seed(0)
-        # CondConv models first: their figures are the ones the targets are mostly about
-        names = list_models() if args.models == "all" else args.models.split(",")
-        names.sort(key=lambda n: not get_config(n).experts)
-        compiled = set(names if args.compiled == "all" else [] if args.compiled == "none"
-                       else args.compiled.split(","))
-        figures = measure(names, args.iters, not args.no_train, Path(args.json) if args.json else None, compiled)
+        names = [n.strip() for n in args.models.split(",") if n.strip()]
+        train = None if args.no_train else (args.train_batch, args.train_img)
+        batches = tuple(int(b) for b in args.batch_sizes.split(","))
+        figures = measure(names, args.iters, train, Path(args.json) if args.json else None, batches, args.img_size,
+                          tuple(args.train_modes.split(",")))
+    trained = {name: bf16_error_trained(name, ckpt) for name, ckpt in checkpoints.items()}
     block = render(figures, trained)
     print(block)
     if args.update_readme:

@@ -6,7 +6,6 @@ the command read are unchanged (every file under the test's folder hashed before
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import struct
 import zlib
@@ -20,45 +19,13 @@ from safetensors.torch import save_file
 
 import effnet
 from effnet.checkpoint import read_state_dict
-from effnet.cli import main
 from effnet.data import ImageFolder, create_transform
 from effnet.data.samples import SampleDataset, skip_collate
 from effnet.errors import CheckpointError
+from cli_support import assert_error, run_cli as cli, snapshot
 from train_fixtures import TINY_FLAGS, TINY_MODEL, make_image_folder
 
 VALIDATE = ["validate", "--model", TINY_MODEL, "--img-size", "32", "--batch-size", "4", "--workers", "0"]
-
-
-def snapshot(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, str]:
-    """sha256 of every regular file under `root` except those under a path in `skip`."""
-    hashes = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink() and not any(path == s or s in path.parents for s in skip):
-            hashes[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return hashes
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str],
-        caplog: pytest.LogCaptureFixture | None = None) -> tuple[int, str, str]:
-    """Run `effnet ARGV` in this process: (exit status, stdout, stderr plus any log records)."""
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse's usage errors
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    logged = caplog.text if caplog is not None else ""
-    return code, captured.out, captured.err + logged
-
-
-def assert_error(err: str, *needles: str) -> str:
-    """Exactly one error line, no traceback, holding every needle; returns the line."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if ": error: " in line]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], err
-    return lines[0]
 
 
 def save_checkpoint(path: Path, num_classes: int, **extra: object) -> dict[str, torch.Tensor]:

@@ -19,38 +19,16 @@ from PIL import Image
 from effnet import outputs, validators
 from effnet.cli import main
 from effnet.train.checkpoint import load_training_checkpoint
+from cli_support import assert_error, run_cli, snapshot
 from train_fixtures import TINY_FLAGS, TINY_MODEL, make_image_folder
 
 RUN_FLAGS = [*TINY_FLAGS, "--epochs", "1"]
 
 
-def snapshot(root: Path, skip: tuple[Path, ...] = ()) -> dict[str, str]:
-    """sha256 of every file under `root` except those under a path in `skip` (the command's output)."""
-    hashes = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink() and not any(path == s or s in path.parents for s in skip):
-            hashes[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return hashes
-
-
 def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """Run `effnet ARGV` in this process: (exit status, stderr)."""
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse's usage errors
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
-
-
-def assert_error(err: str, *needles: str) -> str:
-    """Exactly one error line, no traceback, holding every needle; returns the line."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if ": error: " in line]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], err
-    return lines[0]
+    code, _, err = run_cli(argv, capsys)
+    return code, err
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -21,13 +20,7 @@ MODEL = "efficientnet_b1_pruned"
 CLASSES = ["cat", "dog", "fish"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one thread is as fast and does not fight the other tests for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only contends for the cores
 
 
 def test_tagged_names_as_in_timm() -> None:
@@ -53,18 +46,8 @@ def test_tagged_names_as_in_timm() -> None:
         effnet.create_model(f"{MODEL}.in22k")
 
 
-@pytest.fixture
-def hub_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An offline Hugging Face cache (huggingface_hub reads its settings at import: patch them)."""
-    from huggingface_hub import constants
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return tmp_path / "hf"
-
-
-def test_hf_hub_names(hub_home: Path, tmp_path: Path) -> None:
+def test_hf_hub_names(offline_hub: dict[str, Path], tmp_path: Path) -> None:
+    hub_home = offline_hub["hf"]
     torch.manual_seed(0)
     trained = effnet.create_model(MODEL, num_classes=3).eval()
     folder = save_hf_dir(trained, tmp_path / "run", class_names=CLASSES,

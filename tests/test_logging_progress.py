@@ -148,3 +148,13 @@ def test_train_on_a_terminal_keeps_epoch_lines_whole(tmp_path: Path, monkeypatch
     epoch_lines = [line for line in visible if line.startswith("epoch ") and ": train_loss" in line]
     assert len(epoch_lines) == 2 and all(line.endswith("img/s") for line in epoch_lines)
     assert any(line.startswith("done: top-1") for line in visible)
+
+
+def test_validate_bar_is_labelled_validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=1, val_per_class=2)
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["validate", "-m", "efficientnet_b1_pruned", "--random-weights", "--num-classes", "2",
+                 "--img-size", "32", "--data-dir", str(data), "-j", "0"]) == 0
+    bars = [line for line in terminal.getvalue().replace("\r", "\n").splitlines() if "batch" in line]
+    assert bars and all(line.startswith("validate") for line in bars)

@@ -31,31 +31,12 @@ def weights() -> dict[str, torch.Tensor]:
     return synthetic_weights(NAME)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny forwards run far faster on one thread than contending for a shared machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def isolated_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """Fresh torch and Hugging Face caches; the hub is offline (huggingface_hub read its
-    environment at import, so its constants are patched too)."""
-    from huggingface_hub import constants
-    dirs = {"torch": tmp_path / "torch", "hf": tmp_path / "hf"}
-    monkeypatch.setenv("TORCH_HOME", str(dirs["torch"]))
-    monkeypatch.setenv("HF_HOME", str(dirs["hf"]))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(dirs["hf"] / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return dirs
+# tiny forwards run far faster on one thread; every test gets its own offline caches (conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread", "offline_hub")
 
 
 @pytest.fixture
-def online(monkeypatch: pytest.MonkeyPatch) -> None:
+def online(offline_hub: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Allow URL downloads (tests using it point every source at local files or 127.0.0.1)."""
     from huggingface_hub import constants
     monkeypatch.delenv("HF_HUB_OFFLINE")
@@ -142,52 +123,52 @@ def test_missing_local_file_names_it(tmp_path: Path) -> None:
         effnet.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "nope.pth")))
 
 
-def test_file_url_is_verified_and_cached(tmp_path: Path, weights: dict, isolated_caches: dict) -> None:
+def test_file_url_is_verified_and_cached(tmp_path: Path, weights: dict, offline_hub: dict) -> None:
     src = hashed_checkpoint(tmp_path / "src", weights)
     model = effnet.create_model(NAME, pretrained=True,
                                 pretrained_cfg_overlay=dict(url=src.as_uri(), hf_hub_id=None))
     assert_loaded(model, weights)
-    assert [p.name for p in cache_files(isolated_caches)] == [src.name]
+    assert [p.name for p in cache_files(offline_hub)] == [src.name]
 
 
 def test_http_download_then_cache_hit_without_server(tmp_path: Path, weights: dict, serve, online,
-                                                     isolated_caches: dict) -> None:
+                                                     offline_hub: dict) -> None:
     src = hashed_checkpoint(tmp_path / "src", weights)
     server = serve({src.name: src.read_bytes()})
     overlay = dict(url=server.url(src.name), hf_hub_id=None)
     assert_loaded(effnet.create_model(NAME, pretrained=True, pretrained_cfg_overlay=overlay), weights)
     assert server.requests == 1
-    assert [p.name for p in cache_files(isolated_caches)] == [src.name]
+    assert [p.name for p in cache_files(offline_hub)] == [src.name]
     server.close()
     assert_loaded(effnet.create_model(NAME, pretrained=True, pretrained_cfg_overlay=overlay), weights)
 
 
 def test_corrupted_cache_entry_is_fetched_again(tmp_path: Path, weights: dict, serve, online,
-                                                isolated_caches: dict) -> None:
+                                                offline_hub: dict) -> None:
     src = hashed_checkpoint(tmp_path / "src", weights)
     server = serve({src.name: src.read_bytes()})
-    cached = isolated_caches["torch"] / "hub" / "checkpoints" / src.name
+    cached = offline_hub["torch"] / "hub" / "checkpoints" / src.name
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"garbage")
     assert hub.download_url(server.url(src.name)) == cached
     assert cached.read_bytes() == src.read_bytes() and server.requests == 1
 
 
-def test_hub_cache_safetensors(weights: dict, isolated_caches: dict) -> None:
-    write_hub_cache(isolated_caches["hf"], HF_ID, weights)
+def test_hub_cache_safetensors(weights: dict, offline_hub: dict) -> None:
+    write_hub_cache(offline_hub["hf"], HF_ID, weights)
     assert_loaded(effnet.create_model(NAME, pretrained=True), weights)
 
 
-def test_hub_cache_falls_back_to_pytorch_model_bin(weights: dict, isolated_caches: dict) -> None:
-    write_hub_cache(isolated_caches["hf"], HF_ID, weights, filename="pytorch_model.bin")
+def test_hub_cache_falls_back_to_pytorch_model_bin(weights: dict, offline_hub: dict) -> None:
+    write_hub_cache(offline_hub["hf"], HF_ID, weights, filename="pytorch_model.bin")
     assert_loaded(effnet.create_model(NAME, pretrained=True), weights)
 
 
-def test_hub_cache_comes_before_url(weights: dict, serve, online, isolated_caches: dict,
+def test_hub_cache_comes_before_url(weights: dict, serve, online, offline_hub: dict,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # hub from cache only; URL allowed
-    write_hub_cache(isolated_caches["hf"], HF_ID, weights)
+    write_hub_cache(offline_hub["hf"], HF_ID, weights)
     server = serve({})
     assert_loaded(effnet.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(
         url=server.url("x-00000000.pth"))), weights)
@@ -209,20 +190,20 @@ def test_hub_cache_from_environment_in_fresh_process(tmp_path: Path, weights: di
     assert result.returncode == 0, result.stderr
 
 
-def test_offline_error_lists_sources_caches_and_remedy(isolated_caches: dict) -> None:
+def test_offline_error_lists_sources_caches_and_remedy(offline_hub: dict) -> None:
     with pytest.raises(PretrainedUnavailableError) as info:
         effnet.create_model(NAME, pretrained=True)
     msg = str(info.value)
     assert NAME in msg
     assert HF_ID in msg and "HF_HUB_OFFLINE" in msg
     assert "effnetb1_pruned-bea43a3a.pth" in msg  # the published URL's file
-    assert str(isolated_caches["hf"] / "hub") in msg
-    assert str(isolated_caches["torch"] / "hub" / "checkpoints") in msg
+    assert str(offline_hub["hf"] / "hub") in msg
+    assert str(offline_hub["torch"] / "hub" / "checkpoints") in msg
     assert "pretrained_cfg_overlay=dict(file=" in msg and "checkpoint_path=" in msg
-    assert cache_files(isolated_caches) == []
+    assert cache_files(offline_hub) == []
 
 
-def test_unreachable_server(online, isolated_caches: dict) -> None:
+def test_unreachable_server(online, offline_hub: dict) -> None:
     import socket
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -231,44 +212,44 @@ def test_unreachable_server(online, isolated_caches: dict) -> None:
     with pytest.raises(PretrainedUnavailableError, match="unreachable") as info:
         effnet.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(url=url, hf_hub_id=None))
     assert url in str(info.value) and "no hf_hub_id" in str(info.value)
-    assert cache_files(isolated_caches) == []
+    assert cache_files(offline_hub) == []
 
 
-def test_missing_huggingface_hub_is_reported(isolated_caches: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_huggingface_hub_is_reported(offline_hub: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(PretrainedUnavailableError, match=r"huggingface_hub is not installed"):
         effnet.create_model(NAME, pretrained=True)
 
 
 def test_hash_mismatch_refused_and_not_cached(tmp_path: Path, weights: dict, serve, online,
-                                              isolated_caches: dict) -> None:
+                                              offline_hub: dict) -> None:
     src = hashed_checkpoint(tmp_path / "src", weights)
     wrong = "x-" + ("0" if src.name[2] != "0" else "1") + src.name[3:]
     server = serve({wrong: src.read_bytes()})
     with pytest.raises(PretrainedUnavailableError, match="hash mismatch"):
         effnet.create_model(NAME, pretrained=True,
                             pretrained_cfg_overlay=dict(url=server.url(wrong), hf_hub_id=None))
-    assert cache_files(isolated_caches) == []
+    assert cache_files(offline_hub) == []
 
 
 @pytest.mark.parametrize("name", ["plain.pth", "hashed"])
 def test_truncated_download_refused_and_not_cached(name: str, tmp_path: Path, weights: dict, serve,
-                                                   online, isolated_caches: dict) -> None:
+                                                   online, offline_hub: dict) -> None:
     src = hashed_checkpoint(tmp_path / "src", weights)
     name = src.name if name == "hashed" else name
     server = serve({name: src.read_bytes()}, mode="truncate")
     with pytest.raises(PretrainedUnavailableError, match="truncated download"):
         effnet.create_model(NAME, pretrained=True,
                             pretrained_cfg_overlay=dict(url=server.url(name), hf_hub_id=None))
-    assert cache_files(isolated_caches) == []
+    assert cache_files(offline_hub) == []
 
 
-def test_stalled_server_times_out(serve, online, isolated_caches: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stalled_server_times_out(serve, online, offline_hub: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub, "DOWNLOAD_TIMEOUT", 0.5)
     server = serve({"w.pth": b"x" * 100}, mode="hang")
     with pytest.raises(hub.DownloadError, match="timed out"):
         hub.download_url(server.url("w.pth"))
-    assert cache_files(isolated_caches) == []
+    assert cache_files(offline_hub) == []
 
 
 def test_progress_bar_only_when_asked_or_on_a_tty(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

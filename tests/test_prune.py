@@ -270,3 +270,109 @@ def test_prune_command_errors_are_one_line(tmp_path, capsys) -> None:
         main(args + ["--macs-ratio", "1.5"])
     assert usage.value.code == 2
     assert "--macs-ratio: must be in (0, 1]" in capsys.readouterr().err
+
+
+# --- latency budget ---------------------------------------------------------------------------------
+
+
+def test_latency_cost_table_is_positive_and_grows_with_width(tiny: effnet.EfficientNet) -> None:
+    from effnet.prune import measure_latency_model
+    # batch 16: at smaller batches the tiny model's time is mostly per-layer overhead, and noise swamps widths
+    lat = measure_latency_model(tiny, INPUT, batch_size=16, dtype="fp32", rounds=5)
+    groups = {g.name: g.size for g in channel_groups(tiny)}
+    assert lat.sizes == groups and set(lat.unit) == set(groups) and lat.base_ms > 0
+    assert all(u > 0 for u in lat.unit.values())
+    for g, rows in lat.table.items():
+        widths = [w for w, _ in rows]
+        assert widths == sorted(widths) and widths[-1] == groups[g] and len(rows) == 4
+        assert all(ms > 0 for _, ms in rows)
+    # timings are noisy on a shared machine: the layers of all groups together must take longer at full width
+    assert sum(rows[-1][1] for rows in lat.table.values()) > sum(rows[0][1] for rows in lat.table.values())
+    assert lat.predict(dict(groups)) == pytest.approx(lat.base_ms)
+
+
+def test_knapsack_respects_the_latency_budget_by_its_cost_model(tiny: effnet.EfficientNet) -> None:
+    from effnet.prune import LatencyModel, select_channels_latency
+    from effnet.prune.latency import min_latency
+    sizes = {g.name: g.size for g in channel_groups(tiny)}
+    rng = np.random.default_rng(0)
+    unit = {g: float(rng.uniform(0.001, 0.05)) for g in sizes}  # ms per channel, uneven as measured ones are
+    base = 2.0 + sum(unit[g] * n for g, n in sizes.items())  # 2 ms the stem, first stage and head take
+    lat = LatencyModel(unit, sizes, base_ms=base, batch_size=1, dtype="fp32", threads=1)
+    scores = {g: torch.from_numpy(rng.random(n)) for g, n in sizes.items()}
+    floor = min_latency(lat, tiny)
+    kept = []
+    for frac in (0.3, 0.6, 0.9):
+        target = floor + frac * (lat.base_ms - floor)
+        sel = select_channels_latency(tiny, scores, target, lat, input_size=INPUT)
+        assert sel.budget == "latency" and sel.predicted_ms == pytest.approx(lat.predict(sel.widths))
+        assert sel.predicted_ms <= target + 1e-9
+        assert {g: len(k) for g, k in sel.keep.items()} == sel.widths
+        kept.append(sel.value_kept)
+    assert kept == sorted(kept) and kept[0] < kept[-1]
+    with pytest.raises(ValueError, match="below what pruning can reach"):
+        select_channels_latency(tiny, scores, 0.5 * floor, lat, input_size=INPUT)
+
+
+def run_folder(root, model: effnet.EfficientNet) -> str:
+    """A training run's folder: config.json and model.safetensors, and a model_best.pth.tar with its args."""
+    model.pretrained_cfg.update(input_size=(3, SIZE, SIZE), crop_pct=1.0)
+    save_hf_dir(model, root)
+    torch.save({"state_dict": model.state_dict(), "args": {"model": "tiny_dense", "img_size": SIZE}},
+               root / "model_best.pth.tar")
+    return str(root / "model_best.pth.tar")
+
+
+@pytest.mark.slow  # about 20 s alone, twice that on a busy 2-core machine: it times and fine-tunes
+def test_prune_to_a_latency_budget_from_a_run_checkpoint(tmp_path, capsys) -> None:
+    from effnet.cli import main
+    data = image_folder(tmp_path / "data")
+    (tmp_path / "data" / "val" / "class0" / "broken.png").write_bytes(b"not an image")
+    checkpoint = run_folder(tmp_path / "run", with_weights(effnet.build_model(TINY, num_classes=3)))
+    out = tmp_path / "pruned"
+    code = main(["prune", "--checkpoint", checkpoint, "--data-dir", data, "--batch-size", "6", "--workers", "0",
+                 "--calib-batches", "2", "--epochs", "1", "--budget", "latency", "--target-ratio", "0.97",
+                 "--output", str(out)])  # model, input size and crop all come from the run
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "unreadable images: " in text and "1 per validation pass" in text
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["budget"] == "latency" and report["input_size"] == [3, SIZE, SIZE]
+    assert report["unreadable_images"]["validation_pass"] == 1
+    lat = report["latency"]
+    assert lat["predicted_ms"] <= report["target_ms"] + 1e-9
+    assert report["target_ms"] == pytest.approx(0.97 * lat["cost_model"]["base_ms"])
+    assert lat["measured_ms"]["pruned"] > 0 and lat["measured_ms"]["unpruned"] > 0
+    assert f"pruned {lat['measured_ms']['pruned']:.3f} ms measured" in text
+    assert report["macs"]["pruned"] < report["macs"]["original"]
+    assert effnet.create_model(f"local-dir:{out}").num_classes == 3
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--budget", "latency", "--target-ms", "-5"], "--target-ms: must be > 0"),
+    (["--budget", "latency", "--target-ratio", "0"], "--target-ratio: must be in (0, 1]"),
+    (["--budget", "latency", "--target-ratio", "1.5"], "--target-ratio: must be in (0, 1]"),
+    (["--latency-batch", "0", "--macs-ratio", "0.5"], "--latency-batch: must be"),
+])
+def test_bad_latency_flags_are_refused_as_parsed(tmp_path, capsys, flags: list[str], message: str) -> None:
+    from effnet.cli import main
+    with pytest.raises(SystemExit) as usage:
+        main(["prune", "--model", "efficientnet_b1_pruned", "--dataset", "digits", "--output", str(tmp_path / "o"),
+              *flags])
+    assert usage.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--target-ms", "5", "--macs-ratio", "0.5"], "--target-ms is a latency budget"),
+    (["--budget", "latency"], "--budget latency needs one of --target-ms MS or --target-ratio R"),
+    (["--budget", "latency", "--target-ms", "5", "--target-ratio", "0.5"], "needs one of --target-ms"),
+    (["--budget", "latency", "--macs-ratio", "0.5"], "--macs-ratio is a MACs budget"),
+    ([], "--budget macs needs --macs-ratio R"),
+])
+def test_conflicting_budget_flags_get_one_line_errors(tmp_path, capsys, flags: list[str], message: str) -> None:
+    from effnet.cli import main
+    code = main(["prune", "--model", "efficientnet_b1_pruned", "--dataset", "digits", "--output",
+                 str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

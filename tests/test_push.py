@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -18,13 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_b1_pruned"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one thread is as fast and does not fight the other tests for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only contends for the cores
 
 
 class FakeApi:
@@ -106,14 +100,9 @@ def test_push_command(run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: py
     assert "not a model folder" in capsys.readouterr().err
 
 
-def test_torch_hub_load_from_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from huggingface_hub import constants
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+def test_torch_hub_load_from_a_checkout(offline_hub: dict[str, Path]) -> None:
     weights = synthetic_weights(MODEL)
-    write_hub_cache(tmp_path / "hf", f"timm/{MODEL}.in1k", weights)
+    write_hub_cache(offline_hub["hf"], f"timm/{MODEL}.in1k", weights)
     model = torch.hub.load(str(REPO_ROOT), MODEL, source="local", pretrained=True)
     assert isinstance(model, effnet.EfficientNet) and torch.equal(model.state_dict()["conv_stem.weight"],
                                                                    weights["conv_stem.weight"])

@@ -76,3 +76,17 @@ def test_snippet_runs_offline(index: int, workdir: Path) -> None:
     for expected in re.findall(r"^# prints: (.*)$", code, flags=re.M):
         assert expected.rstrip() in lines, f"block {index}: expected {expected!r} in output:\n{result.stdout}"
     assert not (workdir / "torch").exists(), "a snippet downloaded into torch's cache"
+
+
+def test_layout_section_names_every_module() -> None:
+    """"How the code is laid out" lists each module under src/effnet (a package's __init__.py goes with
+    its folder's line), so a new module comes with its line."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## How the code is laid out")
+    section = text[start:text.index("\n## ", start + 1)]
+    src = README.parent / "src" / "effnet"
+    missing = [str(path.relative_to(src)) for path in sorted(src.rglob("*.py"))
+               if "__pycache__" not in path.parts and (path.name not in section or
+                                                       (path.name == "__init__.py" and path.parent != src
+                                                        and f"{path.parent.name}/" not in section))]
+    assert not missing, f"README's 'How the code is laid out' does not name {missing}"

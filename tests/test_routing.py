@@ -98,3 +98,39 @@ def test_routing_command(tmp_path, model: effnet.EfficientNet, capsys) -> None:
     assert main(["routing", "--model", f"local-dir:{tmp_path / 'dense'}", "--data-dir", data,
                  "--output", str(tmp_path / "r.png")]) == 2
     assert "no CondConv layers" in capsys.readouterr().err
+
+
+def test_routing_takes_a_model_as_every_command_does_and_counts_unreadable_images(
+        tmp_path, offline_hub, one_thread, capsys) -> None:
+    """--checkpoint RUN/model_best.pth.tar alone (the run's size), local-dir: with --img-size overriding it,
+    a tagged published name and hf-hub:; an unreadable image is left out and reported in one line."""
+    from effnet.cli import main
+    from hub_cache import synthetic_weights, write_hub_cache
+    from train_fixtures import fake_run, make_image_folder
+    name = "tf_efficientnet_cc_b0_4e"
+    run = fake_run(tmp_path / "run", name, ["class0", "class1", "class2"], img_size=32)
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=1, val_per_class=2)
+    write_hub_cache(offline_hub["hf"], f"timm/{name}.in1k", synthetic_weights(name))
+    hub = write_hub_cache(offline_hub["hf"], "me/cc", effnet.create_model(f"local-dir:{run}").state_dict())
+    (hub.parent / "config.json").write_text((run / "config.json").read_text())
+    cases = {"ckpt": (["--checkpoint", str(run / "model_best.pth.tar")], 32),
+             "dir40": (["--model", f"local-dir:{run}", "--img-size", "40"], 40),
+             "tagged": (["-m", f"{name}.in1k", "--pretrained", "--img-size", "32"], 32),
+             "hub": (["-m", "hf-hub:me/cc"], 32)}
+    for case, (argv, size) in cases.items():
+        out = tmp_path / f"{case}.png"
+        assert main(["routing", *argv, "--data-dir", str(data), "--output", str(out)]) == 0, case
+        stats = json.loads(out.with_suffix(".json").read_text())
+        assert stats["img_size"] == size and stats["skipped"] == 0 and sum(stats["counts"]) == 6, case
+        assert stats["classes"] == ["class0", "class1", "class2"] and stats["experts"] == 4, case
+    capsys.readouterr()
+    (data / "val" / "class1" / "1.png").write_bytes(b"not an image")
+    out = tmp_path / "bad.png"
+    assert main(["routing", "--checkpoint", str(run / "model_best.pth.tar"), "--data-dir", str(data),
+                 "--output", str(out)]) == 0
+    stats = json.loads(out.with_suffix(".json").read_text())
+    assert stats["skipped"] == 1 and stats["counts"] == [2, 1, 2]
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "skipped" in line] == [
+        "effnet routing: val: skipped 1 unreadable image (left out of every mean, not replaced)"]
+    assert "Traceback" not in err

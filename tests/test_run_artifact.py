@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from PIL import Image
 
 from effnet.cli import main
 from effnet.loading import load_model
+from cli_support import run_cli
 from train_fixtures import TINY_FLAGS, make_image_folder
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -26,13 +26,7 @@ START, END = "<!-- onnx-usage:start -->", "<!-- onnx-usage:end -->"
 CLASSES = ["class0", "class1", "class2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one thread is as fast and does not fight the other tests for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only contends for the cores
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +45,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cli(capsys: pytest.CaptureFixture, *argv: str) -> str:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    assert rc == 0, err
+    """`effnet ARGV`'s stdout; it must succeed."""
+    code, out, err = run_cli(list(argv), capsys)
+    assert code == 0, err
     return out
 
 

@@ -3,12 +3,13 @@ test, so warm-up, backpressure (503), timeouts (504) and answer isolation are ch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -57,6 +58,27 @@ def _start_fake(gate: Gate, **options: Any) -> ThreadServer:
     return srv
 
 
+def _image(i: int) -> list[tuple[str, bytes]]:
+    """One upload: `i`.png in its own colour."""
+    return [(f"{i}.png", png_bytes(Image.new("RGB", (8, 8), _colour(i))))]
+
+
+@contextlib.contextmanager
+def _gated(**options: Any) -> Iterator[tuple[Gate, ThreadServer, Any]]:
+    """A warmed-up fake server whose gate is then closed: (gate, server, its batcher). On the way out
+    the gate opens (a stuck batch finishes) and the server closes."""
+    gate = Gate()
+    srv = _start_fake(gate, **options)
+    try:
+        srv.wait()
+        batcher = srv.server.config.app.state.server.batcher
+        gate.open.clear()
+        yield gate, srv, batcher
+    finally:
+        gate.open.set()
+        srv.close()
+
+
 def test_ready_only_after_warm_up() -> None:
     gate = Gate()
     gate.open.clear()
@@ -96,8 +118,7 @@ def test_many_clients_exact_answers_fake_model() -> None:
         srv.wait()
 
         def client(i: int) -> None:
-            status, _, got = post_images(srv.url, [(f"{i}.png", png_bytes(Image.new("RGB", (8, 8), _colour(i))))],
-                                         route="/v1/embed")
+            status, _, got = post_images(srv.url, _image(i), route="/v1/embed")
             assert status == 200 and got[0]["path"] == f"{i}.png"
             assert np.allclose(got[0]["embedding"], np.array(_colour(i)) / 255, atol=1e-6)
         with ThreadPoolExecutor(32) as pool:
@@ -108,41 +129,26 @@ def test_many_clients_exact_answers_fake_model() -> None:
 
 
 def test_full_queue_answers_503_with_retry_after() -> None:
-    gate = Gate()
-    srv = _start_fake(gate, max_batch=1, max_wait_ms=0, max_queue=2)
-    try:
-        srv.wait()
-        batcher = srv.server.config.app.state.server.batcher
-        gate.open.clear()
-        img = lambda i: [(f"{i}.png", png_bytes(Image.new("RGB", (8, 8), _colour(i))))]  # noqa: E731
-        first = in_thread(post_images, srv.url, img(0))
+    with _gated(max_batch=1, max_wait_ms=0, max_queue=2) as (gate, srv, batcher):
+        first = in_thread(post_images, srv.url, _image(0))
         wait_for(lambda: batcher.running == 1)
-        queued = [in_thread(post_images, srv.url, img(i)) for i in (1, 2)]
+        queued = [in_thread(post_images, srv.url, _image(i)) for i in (1, 2)]
         wait_for(lambda: batcher.depth == 2)
-        status, headers, body = post_images(srv.url, img(3))
+        status, headers, body = post_images(srv.url, _image(3))
         assert status == 503 and headers["retry-after"] == "1" and "queue" in body["error"]
         gate.open.set()
         for i, (t, out) in enumerate([first, *queued]):
             t.join(30)
             assert out[0][0] == 200 and out[0][2][0]["path"] == f"{i}.png"
-        assert post_images(srv.url, img(4))[0] == 200
-    finally:
-        gate.open.set()
-        srv.close()
+        assert post_images(srv.url, _image(4))[0] == 200
 
 
 def test_timeout_gives_504_and_spares_the_others() -> None:
-    gate = Gate()
-    srv = _start_fake(gate, max_batch=2, max_wait_ms=0, timeout_s=1.0)
-    try:
-        srv.wait()
-        batcher = srv.server.config.app.state.server.batcher
-        gate.open.clear()
-        img = lambda i: [(f"{i}.png", png_bytes(Image.new("RGB", (8, 8), _colour(i))))]  # noqa: E731
-        slow = in_thread(post_images, srv.url, img(1))
+    with _gated(max_batch=2, max_wait_ms=0, timeout_s=1.0) as (gate, srv, batcher):
+        slow = in_thread(post_images, srv.url, _image(1))
         wait_for(lambda: batcher.running == 1)
         time.sleep(0.5)
-        later = in_thread(post_images, srv.url, img(2))
+        later = in_thread(post_images, srv.url, _image(2))
         slow[0].join(5)
         status, _, body = slow[1][0]
         assert status == 504 and "no answer within 1 s" in body["error"]
@@ -150,8 +156,5 @@ def test_timeout_gives_504_and_spares_the_others() -> None:
         later[0].join(5)
         status, _, body = later[1][0]
         assert status == 200 and body[0]["path"] == "2.png"
-        status, _, body = post_images(srv.url, img(3), route="/v1/embed")
+        status, _, body = post_images(srv.url, _image(3), route="/v1/embed")
         assert status == 200 and np.allclose(body[0]["embedding"], np.array(_colour(3)) / 255, atol=1e-6)
-    finally:
-        gate.open.set()
-        srv.close()

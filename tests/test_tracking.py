@@ -78,3 +78,30 @@ def test_missing_tracker_names_its_extra(tmp_path: Path, data: Path, monkeypatch
     err = capsys.readouterr().err
     assert rc == 2 and "--log-mlflow needs mlflow" in err and "pip install 'effnet[mlflow]'" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--log-mlflow", "--mlflow-uri", "ftp://host/runs"], "--mlflow-uri: has the unsupported scheme 'ftp:'"),
+    (["--log-mlflow", "--mlflow-uri", ""], "--mlflow-uri: must not be empty"),
+    (["--log-mlflow", "--mlflow-uri", "FILE"], "--mlflow-uri: names a file, not a folder"),
+    (["--log-mlflow", "--mlflow-uri", "FILE_URI"], "--mlflow-uri: names a file, not a folder"),
+    (["--log-mlflow", "--mlflow-experiment", " "], "--mlflow-experiment: must not be empty"),
+    (["--log-tensorboard", "--resume", "RUN/last.pth.tar", "--output", "RUN"], "--log-tensorboard: "),
+])
+def test_bad_tracking_settings_are_refused_before_any_work(tmp_path: Path, data: Path, flags: list[str],
+                                                           needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("not a store")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tensorboard").write_text("not a folder")
+    swap = {"FILE": str(tmp_path / "notes.txt"), "FILE_URI": (tmp_path / "notes.txt").as_uri(),
+            "RUN/last.pth.tar": str(tmp_path / "run" / "last.pth.tar"), "RUN": str(tmp_path / "run")}
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    try:
+        rc = main(["-q", "train", *TINY_FLAGS, "--data-dir", str(data), "--epochs", "1", "--output",
+                   str(tmp_path / "out"), *[swap.get(f, f) for f in flags]])
+    except SystemExit as e:  # argparse's usage errors
+        rc = e.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error: " in line]
+    assert rc == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, nothing replaced

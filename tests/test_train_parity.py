@@ -8,7 +8,6 @@ effnet's side uses its own optimisers and loss, built from a TrainConfig as `eff
 from __future__ import annotations
 
 import json
-from typing import Iterator
 
 import pytest
 import torch
@@ -22,13 +21,8 @@ from train_parity_setup import DTYPE, FIXTURE, MODELS, OPTIMIZERS, SMOOTHING, ST
 RTOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # the steps are small: a second thread only adds synchronisation (and spinning on a shared CPU)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# the steps are small: a second thread only adds synchronisation (and spinning on a shared CPU)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _losses(name: str, opt: str, kwargs: dict[str, float]) -> list[float]:

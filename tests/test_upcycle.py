@@ -110,3 +110,38 @@ def test_upcycle_command_without_and_with_training(tmp_path, capsys) -> None:
                  "--random-weights",
                  "--output", str(tmp_path / "bad")]) == 2
     assert "already has CondConv layers" in capsys.readouterr().err
+
+
+def test_upcycle_takes_a_model_as_every_command_does(tmp_path, offline_hub, one_thread) -> None:
+    """--checkpoint RUN/model_best.pth.tar alone, local-dir:, a run folder with a flag overriding its size,
+    a tagged published name and hf-hub: (the latter two from an offline hub cache)."""
+    from effnet.cli import main
+    from effnet.loading import load_model
+    from hub_cache import synthetic_weights, write_hub_cache
+    from train_fixtures import fake_run
+    run = fake_run(tmp_path / "run", "efficientnet_b1_pruned", ["cat", "dog", "fish"], img_size=32)
+    write_hub_cache(offline_hub["hf"], "timm/efficientnet_b1_pruned.in1k", synthetic_weights("efficientnet_b1_pruned"))
+    hub = write_hub_cache(offline_hub["hf"], "me/pets", load_model(str(run), device="cpu").model.state_dict())
+    (hub.parent / "config.json").write_text((run / "config.json").read_text())
+    cases = {"ckpt": (["--checkpoint", str(run / "model_best.pth.tar")], 32, 3),
+             "dir": (["--model", f"local-dir:{run}"], 32, 3),
+             "dir48": (["--model", str(run), "--img-size", "48"], 48, 3),
+             "tagged": (["--model", "efficientnet_b1_pruned.in1k", "--pretrained"], 240, 1000),
+             "hub": (["--model", "hf-hub:me/pets"], 32, 3)}
+    for name, (argv, size, classes) in cases.items():
+        out = tmp_path / name
+        assert main(["upcycle", *argv, "--experts", "2", "--output", str(out)]) == 0, name
+        meta = json.loads((out / "config.json").read_text())
+        report = json.loads((out / "upcycle_report.json").read_text())
+        assert meta["effnet_config"]["experts"] == 2 and meta["num_classes"] == classes, name
+        assert meta["pretrained_cfg"]["input_size"] == [3, size, size] == report["input_size"], name
+        assert len(meta["label_names"]) == classes, name
+        if classes == 3:  # the run's classes and normalisation travel with the twin
+            assert meta["label_names"] == ["cat", "dog", "fish"] and meta["pretrained_cfg"]["mean"] == [0.5] * 3
+        assert report["rel_diff_at_init"] < 1e-4, name
+    twin, dense = load_model(str(tmp_path / "ckpt"), device="cpu"), load_model(str(run), device="cpu")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(twin.model(x), dense.model(x), rtol=0, atol=1e-5)
+    assert main(["upcycle", "--checkpoint", str(tmp_path / "absent.pth.tar"), "--experts", "2", "--output",
+                 str(tmp_path / "x")]) == 2

@@ -43,3 +43,23 @@ def run_effnet(args: list[str], timeout: float = 240, prefix: list[str] | None =
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
                              f"stderr:\n{proc.stderr}")
     return proc
+
+
+def fake_run(folder: Path, model: str, class_names: list[str], img_size: int = 32, seed: int = 0) -> Path:
+    """A run folder as `effnet train` leaves it, without training: randomly initialised weights of
+    `model` for `class_names`, saved as model_best.pth.tar (with the run's settings) and as config.json +
+    model.safetensors, preprocessing at `img_size` with crop 1.0 and mean/std 0.5."""
+    import torch
+
+    import effnet
+    from effnet.train import TrainConfig
+    from effnet.train.artifact import write_model_folder
+    torch.manual_seed(seed)
+    net = effnet.create_model(model, num_classes=len(class_names)).eval()
+    cfg = TrainConfig(model=model, img_size=img_size, crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3,
+                      class_names=list(class_names))
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(dict(arch=model, state_dict=net.state_dict(), args=cfg.to_dict(), class_names=list(class_names),
+                    num_classes=len(class_names), best_weights="model"), folder / "model_best.pth.tar")
+    write_model_folder(net, folder, cfg, class_names)
+    return folder

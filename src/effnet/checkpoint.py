@@ -1,4 +1,9 @@
-"""Reading weight files and loading them into a model, with errors that say what does not fit."""
+"""Reading weight files and loading them into a model, with errors that say what does not fit.
+
+`read_state_dict` reads any weights file; `load_weights` puts a full-model state dict into a
+classifier or a features_only model (published, `--checkpoint`, `local-dir:` and run-folder weights
+alike).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError
+from .model import EfficientNetFeatures
 
 # Where training scripts keep the weights inside a checkpoint dict, most preferred first.
 STATE_DICT_ENTRIES = ("state_dict_ema", "model_ema", "state_dict", "model")
 # Prefixes that wrappers (DistributedDataParallel, torch.compile) add to every key.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Keys of a classifier's state dict that a features_only model does not have.
+HEAD_PREFIXES = ("conv_head.", "bn2.", "classifier.")
 
 
 def read_state_dict(path: str | os.PathLike, use_ema: bool = True) -> dict[str, Tensor]:
@@ -125,3 +133,10 @@ def load_state_dict_into(model: nn.Module, state_dict: Mapping[str, Tensor], sou
         name = getattr(getattr(model, "cfg", None), "name", type(model).__name__)
         raise CheckpointError(f"{source} does not fit {name}: " + "; ".join(problems))
     model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
+    """Load a full-model state dict strictly; a features_only model takes it without the head."""
+    if isinstance(model, EfficientNetFeatures):
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(HEAD_PREFIXES)}
+    load_state_dict_into(model, state_dict, source)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,41 @@ class PretrainedCfg:
     classifier: str = "classifier"
     license: str = "apache-2.0"
     file: str | None = None  # a local weights file; set through pretrained_cfg_overlay
+    label_names: tuple[str, ...] | None = None  # class names of a trained head, where known
 
-    def to_dict(self) -> dict[str, Any]:
-        """The timm-style `pretrained_cfg` dict (tuples kept as tuples)."""
-        return dataclasses.asdict(self)
+    def overlay(self, *sources: Mapping[str, Any] | None, strict: bool = False, **entries: Any) -> PretrainedCfg:
+        """A copy with the entries of `sources` (in order, then `entries`) replacing this record's.
+
+        The one way a pretrained config changes: a caller's pretrained_cfg_overlay, a folder's
+        config.json, a run's preprocessing, a model's live `pretrained_cfg` dict. JSON lists become
+        tuples. Keys that are no field (timm's `tag`, `test_input_size`, ...) are dropped, or with
+        `strict` refused with a TypeError naming them.
+        """
+        merged: dict[str, Any] = {}
+        for source in (*sources, entries):
+            merged.update(source or {})
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(merged) - known)
+        if strict and unknown:
+            raise TypeError(f"unknown pretrained config key(s) {', '.join(unknown)}")
+        return dataclasses.replace(self, **{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in merged.items() if k in known})
+
+    def to_dict(self, head: bool = True) -> dict[str, Any]:
+        """The timm-style `pretrained_cfg` dict (tuples kept as tuples; `label_names`, a list, only
+        when set). Without `head`, the dict of a features-only model: no classifier entries."""
+        d = dataclasses.asdict(self)
+        labels = d.pop("label_names")
+        if labels is not None:
+            d["label_names"] = list(labels)
+        if not head:
+            for key in HEAD_ENTRIES:
+                d.pop(key)
+        return d
+
+
+# pretrained_cfg entries about the classifier, which a features-only model does not have (as in timm)
+HEAD_ENTRIES = ("num_classes", "classifier")
 
 
 @dataclass(frozen=True)
@@ -175,9 +206,17 @@ class ModelConfig:
         return [s for s in range(len(self.stages))
                 if s == len(self.stages) - 1 or self.stages[s + 1].stride > 1]
 
+    def with_pretrained(self, *sources: Mapping[str, Any] | None, strict: bool = False,
+                        **entries: Any) -> ModelConfig:
+        """This config with `PretrainedCfg.overlay(*sources, strict=strict, **entries)` as its
+        pretrained config."""
+        return dataclasses.replace(self, pretrained=self.pretrained.overlay(*sources, strict=strict, **entries))
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description, enough to rebuild the architecture with `from_dict`."""
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["pretrained"] = self.pretrained.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
@@ -194,8 +233,7 @@ class ModelConfig:
         if "stages" in d:
             d["stages"] = tuple(StageSpec(**s) for s in d["stages"])
         if d.get("pretrained") is not None:
-            d["pretrained"] = PretrainedCfg(**{k: tuple(v) if isinstance(v, list) else v
-                                               for k, v in d["pretrained"].items()})
+            d["pretrained"] = PretrainedCfg().overlay(d["pretrained"], strict=True)
         if d.get("info") is not None:
             info = dict(d["info"])
             info["recipe"] = {k: tuple(v) if isinstance(v, list) else v for k, v in info.get("recipe", {}).items()}

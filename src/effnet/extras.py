@@ -20,6 +20,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "digits": ("sklearn",),
     "plots": ("matplotlib",),
     "export": ("onnx", "onnxruntime"),
+    "int8": ("torchao",),
     "hub": ("huggingface_hub",),
     "tensorboard": ("tensorboard",),
     "mlflow": ("mlflow",),

@@ -18,6 +18,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from .config import HEAD_ENTRIES
 from .layers import get_notrace_functions, get_notrace_modules
 
 OUTPUT_FORMATS = ("NCHW", "NHWC")
@@ -297,4 +298,4 @@ def wrap_features(model: nn.Module, feature_cls: str | type[nn.Module] | None = 
 
 def pretrained_cfg_for_features(pretrained_cfg: dict[str, Any]) -> dict[str, Any]:
     """A classifier's pretrained config without the entries about its head (as timm drops them)."""
-    return {k: v for k, v in copy.deepcopy(pretrained_cfg).items() if k not in ("num_classes", "classifier", "global_pool")}
+    return {k: v for k, v in copy.deepcopy(pretrained_cfg).items() if k not in (*HEAD_ENTRIES, "global_pool")}

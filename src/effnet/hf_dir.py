@@ -7,7 +7,6 @@ has load without any registration.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from . import outputs
-from .config import PretrainedCfg
 from .model import EfficientNet
 
 
@@ -40,11 +38,9 @@ def hf_config(model: EfficientNet, class_names: Sequence[str] | None = None,
     `architecture`, `num_classes`, `label_names` and `pretrained_cfg` (the preprocessing), plus
     effnet's full architecture under `effnet_config`. `pretrained_overlay` replaces entries of the
     model's pretrained config (e.g. a training run's input size)."""
-    known = {f.name for f in dataclasses.fields(PretrainedCfg)}
-    merged = {**model.pretrained_cfg, **(pretrained_overlay or {})}
-    overlay = {k: tuple(v) if isinstance(v, list) else v for k, v in merged.items() if k in known}
-    overlay.update(num_classes=model.num_classes, file=None)
-    cfg = dataclasses.replace(model.cfg, pretrained=dataclasses.replace(model.cfg.pretrained, **overlay))
+    # label names go top-level, as timm writes them, not inside pretrained_cfg
+    cfg = model.cfg.with_pretrained(model.pretrained_cfg, pretrained_overlay, num_classes=model.num_classes,
+                                    file=None, label_names=None)
     meta: dict[str, Any] = {
         "architecture": architecture or cfg.name,
         "num_classes": model.num_classes,

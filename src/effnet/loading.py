@@ -221,19 +221,17 @@ def load_model(model: str | None = None, checkpoint: str | None = None, *, pretr
     weights = (str(src.checkpoint) if state_dict is not None else spec if from_folder or from_hub
                else "published" if use_published else None)
     data_config = _data_config(net, src, overrides)
-    net.pretrained_cfg.update(data_config)
     labels = _label_names(net, src)
-    if labels is not None:
-        net.pretrained_cfg["label_names"] = labels
+    net.pretrained_cfg = net.cfg.pretrained.overlay(net.pretrained_cfg, data_config,
+                                                    {} if labels is None else {"label_names": labels}).to_dict()
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     name = spec or (src.folder_cfg.name if src.folder_cfg is not None else "model")
     return LoadedModel(net.eval().to(dev), name, labels, data_config, dev, weights)
 
 
 def _data_config(net: nn.Module, src: _Source, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    base: dict[str, Any] = dict(getattr(net, "pretrained_cfg", {}) or {})
-    if src.folder_meta is not None:
-        base.update(src.folder_meta.get("pretrained_cfg") or {})
+    folder = (src.folder_meta or {}).get("pretrained_cfg")
+    base = net.cfg.pretrained.overlay(net.pretrained_cfg, folder if isinstance(folder, dict) else None).to_dict()
     saved = (src.ckpt_meta or {}).get("args")
     if src.folder_meta is None and isinstance(saved, dict):
         run = {k: saved.get(k) for k in _SAVED_DATA_ARGS}

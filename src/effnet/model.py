@@ -13,8 +13,7 @@ from torch import Tensor, nn
 
 from .blocks import Stage, batch_norm, make_block
 from .config import ModelConfig
-from .features import (OUTPUT_FORMATS, FeatureInfo, PretrainedCfgAlias, feature_take_indices,
-                       pretrained_cfg_for_features)
+from .features import OUTPUT_FORMATS, FeatureInfo, PretrainedCfgAlias, feature_take_indices
 from .layers import CondConv2d, Conv2dSame, GlobalPool, Routing, register_notrace_function
 
 
@@ -93,6 +92,7 @@ class _Trunk(PretrainedCfgAlias, nn.Module):
         self.bn1 = batch_norm(cfg.stem_width, cfg.bn_eps, cfg.bn_momentum)
         self.blocks = build_stages(cfg, check_rate(drop_path_rate, "drop_path_rate"))
         self.stage_ends = [s + 1 for s in cfg.feature_stages()]  # 0 would be the stem
+        # timm's mutable dict, derived from the frozen record; changed only through its overlay
         self.pretrained_cfg = cfg.pretrained.to_dict()
 
     def _level_dicts(self) -> list[dict[str, Any]]:
@@ -281,7 +281,7 @@ class EfficientNetFeatures(_Trunk):
         self.out_indices = self.feature_info.out_indices
         self._out_stages = [self.stage_ends[i] - 1 for i in self.out_indices]
         self._last_stage = max(self._out_stages)
-        self.pretrained_cfg = pretrained_cfg_for_features(self.pretrained_cfg)
+        self.pretrained_cfg = cfg.pretrained.to_dict(head=False)
         init_weights(self)
 
     def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,

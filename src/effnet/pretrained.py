@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from . import hub
-from .checkpoint import read_state_dict
+from .checkpoint import load_weights, read_state_dict
 from .config import ModelConfig
 from .errors import PretrainedUnavailableError
 
@@ -112,7 +112,6 @@ def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
 def load_pretrained(model: nn.Module, cfg: ModelConfig, num_classes: int | None = None,
                     in_chans: int = 3) -> None:
     """Fetch the variant's published weights and load them into `model`."""
-    from .registry import load_weights
     path = fetch_pretrained(cfg)
     sd = adapt_state_dict(read_state_dict(path), model, cfg, num_classes, in_chans)
     with torch.no_grad():

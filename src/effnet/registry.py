@@ -11,22 +11,38 @@ from typing import Any, Iterable, Sequence
 
 from torch import nn
 
-from .checkpoint import load_state_dict_into, read_state_dict
+from . import hub
+from .checkpoint import HEAD_PREFIXES, load_weights, read_state_dict  # noqa: F401 (HEAD_PREFIXES: public here)
 from .config import ModelConfig, PretrainedCfg
 from .errors import CheckpointError, UnknownModelError
+from .features import wrap_features
 from .model import EfficientNet, EfficientNetFeatures
+from .pretrained import load_pretrained
 from .variants import VARIANTS
 
 _REGISTRY: dict[str, ModelConfig] = {cfg.name: cfg for cfg in VARIANTS}
 LOCAL_DIR_PREFIX = "local-dir:"
 HF_HUB_PREFIX = "hf-hub:"
-HEAD_PREFIXES = ("conv_head.", "bn2.", "classifier.")  # keys a features_only model does not have
 
 
 def split_model_name_tag(model_name: str, no_tag: str = "") -> tuple[str, str]:
     """'efficientnet_b1_pruned.in1k' -> ('efficientnet_b1_pruned', 'in1k'); no tag gives `no_tag`."""
     name, _, tag = model_name.partition(".")
     return name, tag or no_tag
+
+
+def register_variant(cfg: ModelConfig) -> None:
+    """Add a variant at runtime, as a row of `effnet.variants.VARIANTS` would: `create_model`,
+    `list_models` and the tests then know it. Raises ValueError for a name already registered
+    or a config whose stage table does not resolve."""
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"register_variant needs an effnet.config.ModelConfig, got {type(cfg).__name__}")
+    if not cfg.name or "." in cfg.name or cfg.name.startswith((LOCAL_DIR_PREFIX, HF_HUB_PREFIX)):
+        raise ValueError(f"variant name {cfg.name!r}: must be non-empty, without '.' or a prefix")
+    if cfg.name in _REGISTRY:
+        raise ValueError(f"a variant named {cfg.name!r} is already registered")
+    cfg.blocks()  # a pruned table that does not fit the stages fails here, not at create_model
+    _REGISTRY[cfg.name] = cfg
 
 
 def pretrained_tags(cfg: ModelConfig) -> list[str]:
@@ -151,12 +167,9 @@ def config_from_json(path: Path) -> tuple[ModelConfig, dict[str, Any]]:
             cfg = get_config(str(meta.get("architecture", "")))
     except (TypeError, ValueError, KeyError) as e:
         raise UnknownModelError(f"{path}: effnet_config does not describe a model: {e}") from None
-    overlay = dict(meta.get("pretrained_cfg") or {})
-    if "num_classes" in meta:
-        overlay["num_classes"] = meta["num_classes"]
-    known = {f.name for f in dataclasses.fields(cfg.pretrained)}
-    overlay = {k: tuple(v) if isinstance(v, list) else v for k, v in overlay.items() if k in known}
-    cfg = dataclasses.replace(cfg, pretrained=dataclasses.replace(cfg.pretrained, **overlay))
+    pretrained = meta.get("pretrained_cfg")
+    cfg = cfg.with_pretrained(pretrained if isinstance(pretrained, dict) else None,
+                              {k: meta[k] for k in ("num_classes",) if k in meta})
     return cfg, meta
 
 
@@ -174,7 +187,6 @@ def label_names_of(meta: dict[str, Any]) -> list[str] | None:
 def _hub_config(repo_id: str) -> tuple[ModelConfig, dict[str, Any]]:
     """The config of a Hugging Face hub repo: its config.json, or for `timm/NAME.TAG` of a
     registered model whose config.json cannot be had, the registered config."""
-    from . import hub
     path, why = hub.hf_hub_file(repo_id, "config.json")
     if path is not None:
         cfg, meta = config_from_json(path)
@@ -184,8 +196,7 @@ def _hub_config(repo_id: str) -> tuple[ModelConfig, dict[str, Any]]:
         if org != "timm" or name not in _REGISTRY:
             raise UnknownModelError(f"hf-hub:{repo_id}: cannot read its config.json ({why})")
         cfg, meta = _tagged_config(name, tag), {}
-    pretrained = dataclasses.replace(cfg.pretrained, hf_hub_id=repo_id, url=None, file=None)
-    return dataclasses.replace(cfg, pretrained=pretrained), meta
+    return cfg.with_pretrained(hf_hub_id=repo_id, url=None, file=None), meta
 
 
 def local_dir_weights(folder: Path) -> Path:
@@ -253,15 +264,17 @@ def create_model(model_name: str, pretrained: bool = False, *, num_classes: int 
         cfg = get_config(model_name)
     if meta is not None and num_classes is None and "num_classes" in meta:
         num_classes = int(meta["num_classes"])
-    if pretrained_cfg_overlay:
-        known = {f.name for f in dataclasses.fields(cfg.pretrained)}
-        unknown = set(pretrained_cfg_overlay) - known
-        if unknown:
-            raise TypeError(f"pretrained_cfg_overlay: unknown key(s) {', '.join(sorted(unknown))}")
-        cfg = dataclasses.replace(cfg, pretrained=dataclasses.replace(cfg.pretrained, **pretrained_cfg_overlay))
+    try:
+        cfg = cfg.with_pretrained(pretrained_cfg_overlay, strict=True)
+    except TypeError as e:
+        raise TypeError(f"pretrained_cfg_overlay: {e}") from None
+    wrap = features_only and (feature_cls is not None or feature_cfg is not None)
+    labels = label_names_of(meta or {})
+    classes = cfg.pretrained.num_classes if num_classes is None else num_classes
+    if labels is not None and len(labels) == classes and (wrap or not features_only):
+        cfg = cfg.with_pretrained(label_names=labels)  # where timm keeps them
     if bn_momentum is not None:
         cfg = dataclasses.replace(cfg, bn_momentum=bn_momentum)
-    wrap = features_only and (feature_cls is not None or feature_cfg is not None)
     model = build_model(cfg, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
                         drop_path_rate=drop_path_rate, global_pool=global_pool,
                         features_only=features_only and not wrap, out_indices=out_indices)
@@ -269,21 +282,9 @@ def create_model(model_name: str, pretrained: bool = False, *, num_classes: int 
         weights = local_dir_weights(local_dir)
         load_weights(model, read_state_dict(weights), str(weights))
     elif pretrained:
-        from .pretrained import load_pretrained
         load_pretrained(model, cfg, num_classes=num_classes, in_chans=in_chans)
     if checkpoint_path is not None:
         load_weights(model, read_state_dict(checkpoint_path), str(checkpoint_path))
-    labels = label_names_of(meta or {})
-    if labels is not None and len(labels) == getattr(model, "num_classes", -1):
-        model.pretrained_cfg["label_names"] = labels  # where timm keeps them
     if wrap:
-        from .features import wrap_features
         model = wrap_features(model, feature_cls, feature_cfg, out_indices)
     return model
-
-
-def load_weights(model: nn.Module, state_dict: dict, source: str) -> None:
-    """Load a full-model state dict strictly; a features_only model takes it without the head."""
-    if isinstance(model, EfficientNetFeatures):
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(HEAD_PREFIXES)}
-    load_state_dict_into(model, state_dict, source)

@@ -4,11 +4,10 @@ CondConv models (Yang et al., 2019) keep EfficientNet's widths and give the last
 4 or 8 experts. The pruned models (Aflalo et al., 2020) keep the stage table but replace every
 width by the one the knapsack kept; those widths were read once off the published checkpoints
 (scripts/derive_pruned_widths.py) and are checked against them by tests/test_variants.py.
+A new variant is one more row here (README: "Adding a variant").
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 from .config import ModelConfig, ModelInfo, PretrainedCfg, PrunedWidths
 
@@ -85,6 +84,6 @@ VARIANTS: tuple[ModelConfig, ...] = (
         info=_pruned_info(1239590641, 39770812, 300, 0.904)),
 )
 
-# Every variant is mirrored on the Hugging Face hub as timm/<name>.in1k.
-VARIANTS = tuple(dataclasses.replace(v, pretrained=dataclasses.replace(
-    v.pretrained, hf_hub_id=f"timm/{v.name}.in1k")) for v in VARIANTS)
+# Every variant with published weights is mirrored on the Hugging Face hub as timm/<name>.in1k.
+VARIANTS = tuple(v.with_pretrained(hf_hub_id=f"timm/{v.name}.in1k") if v.pretrained.url else v
+                 for v in VARIANTS)

@@ -10,11 +10,14 @@ from .distill import InnerDistillationLoss
 from .groups import ChannelGroup, LayerCost, Member, channel_groups, exact_macs, layer_costs
 from .importance import taylor_importance
 from .knapsack import knapsack_dp, knapsack_greedy
+from .latency import (LatencyModel, compare_latency, fit_latency_budget, measure_latency_model,
+                      select_channels_latency)
 from .select import Selection, prune_model, select_channels
 from .slicing import pruned_config, slice_model, slice_state_dict
 
 __all__ = [
-    "ChannelGroup", "InnerDistillationLoss", "LayerCost", "Member", "Selection", "channel_groups",
-    "exact_macs", "knapsack_dp", "knapsack_greedy", "layer_costs", "prune_model", "pruned_config",
-    "select_channels", "slice_model", "slice_state_dict", "taylor_importance",
+    "ChannelGroup", "InnerDistillationLoss", "LatencyModel", "LayerCost", "Member", "Selection", "channel_groups",
+    "compare_latency", "exact_macs", "fit_latency_budget", "knapsack_dp", "knapsack_greedy", "layer_costs",
+    "measure_latency_model", "prune_model", "pruned_config", "select_channels", "select_channels_latency", "slice_model",
+    "slice_state_dict", "taylor_importance",
 ]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.samples import SkipReport, unreadable_of
 from ..progress import bar
 from .groups import ChannelGroup, Member
 
@@ -29,7 +30,8 @@ def _channel_sum(t: Tensor, member: Member) -> Tensor:
 
 def taylor_importance(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
                       groups: list[ChannelGroup], *, max_batches: int | None = None,
-                      loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+                      loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+                      skips: SkipReport | None = None) -> dict[str, Tensor]:
     """Per-channel importance of each group, summed over calibration batches.
 
     Args:
@@ -38,11 +40,14 @@ def taylor_importance(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
         groups: from `channel_groups(model)`.
         max_batches: stop after this many batches (all when None).
         loss_fn: loss of (logits, targets); cross-entropy by default.
+        skips: counts (and names the first few of) the images the loader could not read; a batch
+            left empty by them does not count towards `max_batches`.
 
     Returns:
         group name -> float64 tensor of `group.size` non-negative scores (on the CPU).
     """
     loss_fn = loss_fn or F.cross_entropy
+    skips = skips if skips is not None else SkipReport("calibration")
     params = dict(model.named_parameters())
     scores = {g.name: torch.zeros(g.size, dtype=torch.float64) for g in groups}
     device = next(model.parameters()).device
@@ -51,9 +56,13 @@ def taylor_importance(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
     seen = 0
     total = min(len(batches), max_batches or len(batches)) if hasattr(batches, "__len__") else max_batches
     try:
-        for x, y in bar(batches, total=total, desc="importance", unit="batch"):
+        for batch in bar(batches, total=total, desc="importance", unit="batch"):
             if max_batches is not None and seen >= max_batches:
                 break
+            skips.add(unreadable_of(batch))
+            x, y = batch[0], batch[1]
+            if x.shape[0] == 0:
+                continue
             model.zero_grad(set_to_none=True)
             loss = loss_fn(model(x.to(device)), y.to(device))
             loss.backward()

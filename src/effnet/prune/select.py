@@ -37,6 +37,9 @@ class Selection:
     method: str
     value_kept: float = 0.0  # fraction of the total importance kept
     log: list[str] = field(default_factory=list)
+    budget: str = "macs"  # what `ratio` is a fraction of: "macs" or "latency" (measured)
+    predicted_ms: float | None = None  # latency budget: the cost model's prediction for the kept widths
+    target_ms: float | None = None
 
 
 def _linear_costs(costs: list[LayerCost], sizes: dict[str, int]) -> tuple[dict[str, float], float]:

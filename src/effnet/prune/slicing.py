@@ -93,7 +93,7 @@ def slice_model(model: EfficientNet, keep: Mapping[str, Tensor], name: str | Non
     small = EfficientNet(cfg, num_classes=model.num_classes, in_chans=model.in_chans,
                          drop_rate=model.drop_rate, drop_path_rate=drop_path_rate,
                          global_pool=model.global_pool.pool_type).to(device=param.device, dtype=param.dtype)
-    small.pretrained_cfg = dict(model.pretrained_cfg)
+    small.pretrained_cfg = cfg.pretrained.overlay(model.pretrained_cfg).to_dict()
     sd = slice_state_dict(model.state_dict(), groups, keep)
     load_state_dict_into(small, sd, f"{model.cfg.name} sliced")
     return small.train(model.training)

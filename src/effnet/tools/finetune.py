@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..loading import starting_point
-from ..train.config import TrainConfig, add_train_arguments
+from ..train.cli_args import add_train_arguments
+from ..train.config import TrainConfig
 from ..train.runner import config_for_run, run_training
 
 HELP = "fine-tune pretrained weights on your class folders (new classifier, optional frozen backbone first)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.config import add_train_arguments
+from ..train.cli_args import add_train_arguments
 from ..train.runner import config_for_run, run_training
 
 HELP = "train a model (timm-style flags; --recipe paper for the published recipe; torchrun for many processes)"

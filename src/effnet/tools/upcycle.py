@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import EffnetError
+from ..errors import CheckpointError, EffnetError
 from ..hf_dir import save_hf_dir
 from ..outputs import fresh_dir
 from ..validators import Rule, arg_type, at_least, memory_problem
 from ..train import TrainConfig, add_train_arguments, build_loaders, evaluate, fit
-from ..train.loop import resolve_device
+from ..train.evaluate import resolve_device
 from ..upcycle import upcycle
-from ..loading import load_source_model
+from ..loading import load_source_model, starting_point
 from .prune import set_data_config, train_config, write_json
 
 HELP = "build the CondConv twin of a dense model (same outputs at start), fine-tune it, save a local-dir: folder"
@@ -25,16 +26,20 @@ UPCYCLE_DEFAULTS = TrainConfig(opt="sgd", epochs=0, warmup_epochs=0.0, lr_base=0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_train_arguments(p, model_required=True)
+    add_train_arguments(p)
     g = p.add_argument_group("upcycling")
-    g.add_argument("--checkpoint", metavar="FILE", help="weights of the dense model (sets the class count)")
+    g.add_argument("--checkpoint", metavar="FILE",
+                   help="weights of the dense model: a run's model_best.pth.tar (model, classes and preprocessing "
+                        "come with it), .safetensors or .pth")
     g.add_argument("--random-weights", action="store_true", help="allow upcycling randomly initialised weights")
     g.add_argument("--experts", type=arg_type(Rule(int, 2)), required=True, metavar="E",
                    help="experts per CondConv layer (>= 2)")
     g.add_argument("--expert-noise", type=arg_type(at_least(0.0)), default=0.01, metavar="S",
                    help="zero-sum perturbation of the experts, relative to the kernel's std, so they can "
                         "specialise (default: 0.01; the mixed kernel is unchanged)")
-    p.epilog = ("--model is a dense model: a registered pruned variant or local-dir:DIR. --output DIR receives "
+    p.epilog = ("The dense model: --checkpoint RUN/model_best.pth.tar alone, or --model NAME[.TAG] (with "
+                "--pretrained or --checkpoint), hf-hub:ORG/NAME, local-dir:DIR or a run folder; flags typed here "
+                "override the run's preprocessing. --output DIR receives "
                 "config.json and model.safetensors (and DIR/train with --epochs N > 0, which needs data). "
                 "Default: --epochs 0 (no fine-tuning).")
 
@@ -48,7 +53,26 @@ def expert_bytes(dense: nn.Module, experts: int, training: bool) -> int:
     return experts * per_expert * 4 * (5 if training else 2)
 
 
+def name_source(args: argparse.Namespace) -> str | None:
+    """Fill in, unless typed, the dense model's name and its run's preprocessing (input size, crop,
+    interpolation, mean, std) from `--checkpoint` or a run folder; returns the model as typed (None:
+    the checkpoint names it), which is what its weights are loaded by."""
+    given = vars(args)
+    typed = given.get("model")
+    if args.checkpoint and not Path(args.checkpoint).expanduser().exists():
+        raise CheckpointError(f"--checkpoint {args.checkpoint!r} does not exist or is not a file")
+    name, _, settings = starting_point(typed, args.checkpoint)
+    if name is None:
+        why = f" (--checkpoint {args.checkpoint} does not say which model it holds)" if args.checkpoint else ""
+        raise EffnetError(f"no model: give --model NAME (or a run folder) or --checkpoint RUN/model_best.pth.tar{why}")
+    given["model"] = typed or name
+    for key, value in settings.items():
+        given.setdefault(key, value)
+    return typed
+
+
 def run(args: argparse.Namespace) -> int:
+    typed_model = name_source(args)
     cfg, epochs = train_config(args, UPCYCLE_DEFAULTS)
     if args.experts < 2:
         raise EffnetError(f"--experts must be >= 2, got {args.experts}")
@@ -59,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(cfg.seed)
     loaders = build_loaders(cfg) if has_data else None
     classes = loaders[2] if loaders else None
-    dense = load_source_model(cfg.model, args.checkpoint, pretrained=cfg.pretrained,
+    dense = load_source_model(cfg.model if typed_model else None, args.checkpoint, pretrained=cfg.pretrained,
                               data_classes=len(classes) if classes else None, num_classes=cfg.num_classes,
                               in_chans=cfg.in_chans, random_weights=args.random_weights)
     if dense.cfg.experts:
@@ -100,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             report["top1_fine_tuned"] = evaluate(twin, val_loader, device=device)["top1"]
         print(", ".join(f"{k} {v:.2f}%" for k, v in report.items() if k.startswith("top1")), flush=True)
     report["seconds"] = round(time.perf_counter() - t0, 1)
-    save_hf_dir(twin.cpu().eval(), out, class_names=classes)
+    save_hf_dir(twin.cpu().eval(), out, class_names=classes or dense.pretrained_cfg.get("label_names"))
     write_json(out / "upcycle_report.json", report)
     print(f"done: load it with create_model('local-dir:{out}')", flush=True)
     return 0

@@ -16,7 +16,7 @@ from ..errors import CheckpointError, EffnetError
 from ..loading import add_model_arguments, load_from_args
 from ..train.config import DATASETS, TrainConfig
 from ..train.data import build_dataset, dataset_classes, eval_transform, make_eval_loader, split_dir
-from ..train.loop import evaluate
+from ..train.evaluate import evaluate
 from ..validators import COMMON, arg_type
 
 HELP = "measure top-1/top-5 accuracy of a model's weights on class folders or the digits (JSON like timm's)"
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     loader = make_eval_loader(dataset, args.batch_size, args.workers)
-    m = evaluate(model, loader, device=device, amp=args.amp, channels_last=args.channels_last)
+    m = evaluate(model, loader, device=device, amp=args.amp, channels_last=args.channels_last, desc="validate")
     result = dict(model=loaded.name, top1=round(m["top1"], 4), top1_err=round(100 - m["top1"], 4),
                   top5=round(m["top5"], 4), top5_err=round(100 - m["top5"], 4), loss=round(m["loss"], 6),
                   count=m["count"], img_per_sec=round(m["img_per_sec"], 2),

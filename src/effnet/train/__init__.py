@@ -9,12 +9,14 @@ flags, data loaders, TF-style RMSProp, schedules, EMA, resumable atomic checkpoi
 """
 
 from .checkpoint import atomic_save, load_training_checkpoint, rng_state, set_rng_state
-from .config import RECIPES, ConfigError, TrainConfig, add_train_arguments, config_from_args, resolve_output_dir
+from .cli_args import add_train_arguments
+from .config import RECIPES, ConfigError, TrainConfig, config_from_args, resolve_output_dir
 from .data import build_dataset, build_loaders, data_config_for, eval_transform, make_eval_loader, set_loader_epoch
 from .distributed import DistInfo, init_distributed
 from .ema import ModelEma
 from .losses import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from .loop import TrainingDivergedError, evaluate, fit
+from .evaluate import evaluate
+from .loop import TrainingDivergedError, fit
 from .optim import RMSpropTF, create_optimizer, param_groups
 from .scheduler import Scheduler, create_scheduler
 

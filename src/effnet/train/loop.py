@@ -1,38 +1,34 @@
-"""The training loop (`fit`) and evaluation (`evaluate`)."""
+"""The training loop: `fit`, one epoch of steps, and the end-of-epoch validation and checkpoints.
+`evaluate` lives in `evaluate.py` and is re-exported here."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.samples import SkipReport, unreadable_of
 from ..errors import EffnetError
 from ..log import ensure_logging
-from ..progress import bar
 from . import distributed as D
-from .checkpoint import atomic_copy, atomic_save, load_training_checkpoint, rng_state, set_rng_state
-from .config import TrainConfig
 from .artifact import write_model_folder
-from .data import build_mixup, set_loader_epoch
-from .ema import ModelEma
-from .losses import create_criterion
-from .optim import create_optimizer
+from .checkpoint import atomic_copy
+from .config import TrainConfig
+from .data import set_loader_epoch
+from .evaluate import autocast, evaluate, resolve_device
 from .output import Progress, write_args_yaml, write_plot, write_summary
-from .scheduler import create_scheduler
+from .run_state import RunState, StopRequest
 from .tracking import Tracking
+
+__all__ = ["TrainingDivergedError", "autocast", "evaluate", "fit", "resolve_device"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -41,93 +37,10 @@ class TrainingDivergedError(EffnetError, RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def resolve_device(cfg: TrainConfig, info: D.DistInfo | None = None) -> torch.device:
-    """--device, else this rank's CUDA device, else the CPU."""
-    if cfg.device:
-        return torch.device(cfg.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", info.local_rank if info else 0)
-    return torch.device("cpu")
-
-
-def autocast(device: torch.device, enabled: bool, dtype: str) -> contextlib.AbstractContextManager:
-    """Mixed precision: bfloat16 on CPU, float16 or bfloat16 on CUDA."""
-    if not enabled:
-        return contextlib.nullcontext()
-    amp_dtype = torch.bfloat16 if device.type == "cpu" or dtype == "bfloat16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], *, device: torch.device | str | None = None,
-             amp: bool = False, amp_dtype: str = "bfloat16", channels_last: bool = False,
-             desc: str = "eval") -> dict[str, float]:
-    """Top-1/top-5 accuracy (%), mean cross-entropy, image count and throughput of `model` on `loader`
-    (with a progress bar labelled `desc` on a terminal); under torchrun the numbers cover every rank's share.
-
-    Images the loader could not read are left out of every number; `skipped` counts them.
-    """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    correct1 = correct5 = loss_sum = 0.0
-    count = 0
-    skips = SkipReport(desc)
-    start = time.perf_counter()
-    for batch in bar(loader, total=len(loader) if hasattr(loader, "__len__") else None, desc=desc,
-                     unit="batch", show=D.current().is_main):
-        skips.add(unreadable_of(batch), show=D.current().is_main)
-        x, target = batch[0], batch[1]
-        if x.shape[0] == 0:
-            continue
-        x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp, amp_dtype):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top.eq(target.unsqueeze(1))
-        correct1 += hits[:, :1].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
-        count += x.shape[0]
-    elapsed = time.perf_counter() - start
-    correct1, correct5, loss_sum, count_f, skipped = D.all_reduce_sum(
-        [correct1, correct5, loss_sum, float(count), float(skips.count)], device)
-    model.train(was_training)
-    n = max(count_f, 1.0)
-    return dict(top1=100.0 * correct1 / n, top5=100.0 * correct5 / n, loss=loss_sum / n, count=int(count_f),
-                img_per_sec=count_f / max(elapsed, 1e-9), skipped=int(skipped))
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM set a flag the loop checks after each step, so the run saves and exits cleanly."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-        if D.current().is_main:  # under torchrun every rank gets the signal; one line is enough
-            _LOG.warning(f"received {signal.Signals(signum).name}: saving a checkpoint after this step")
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
+def _plain(model: nn.Module) -> nn.Module:
+    """The module under a torch.compile wrapper (whose state_dict keys would carry `_orig_mod.`)."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
 
 
 def _classifier_params(model: nn.Module) -> set[int]:
@@ -157,108 +70,32 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class _Run:
-    """State of one fit() call, split out so checkpointing sees everything in one place."""
+def _batches(loader: Iterable[Any], skips: SkipReport, run: RunState) -> Iterator[tuple[Tensor, Tensor]]:
+    """(images, targets) of each step. Samples the loader could not read are counted in `skips`.
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, output_dir: Path, criterion: nn.Module | None,
-                 extra_params: Iterable[nn.Module | nn.Parameter], steps_per_epoch: int, class_names: list[str],
-                 info: D.DistInfo) -> None:
-        self.cfg, self.output_dir, self.info = cfg, output_dir, info
-        self.device = info.device
-        self.model = model
-        self.num_classes = int(getattr(model, "num_classes", 0) or 0)
-        self.class_names = class_names
-        self.global_batch = cfg.batch_size * info.world_size
-        self.lr = cfg.scaled_lr(self.global_batch)
-        self.optimizer = create_optimizer(cfg, [model, *extra_params], self.lr)
-        self.scheduler = create_scheduler(cfg, self.optimizer, self.lr, steps_per_epoch)
-        self.mixup = build_mixup(cfg, self.num_classes) if cfg.mixup > 0 or cfg.cutmix > 0 else None
-        self.criterion = criterion if criterion is not None else create_criterion(cfg.smoothing, self.mixup is not None)
-        self.ema = ModelEma(model, cfg.model_ema_decay) if cfg.model_ema else None
-        use_scaler = cfg.amp and self.device.type == "cuda" and cfg.amp_dtype == "float16"
-        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        self.epoch, self.batch, self.step = 0, 0, 0
-        self.partial = dict(loss_sum=0.0, count=0, images=0, seconds=0.0)
-        self.best_metric: float | None = None
-        self.best_epoch: int | None = None
-        self.best_weights = "model"  # or "ema": which weights model_best / model.safetensors hold
-        self.history: list[dict[str, Any]] = []
-        self.tracking = Tracking(cfg, output_dir, enabled=False)  # fit() puts the run's trackers here
-
-    def state(self) -> dict[str, Any]:
-        """Everything needed to continue bit for bit."""
-        rng = rng_state()
-        ranks = [rng]
-        if self.info.enabled:
-            ranks = [None] * self.info.world_size
-            torch.distributed.all_gather_object(ranks, rng)
-        return dict(
-            arch=self.cfg.model, state_dict=self.model.state_dict(),
-            state_dict_ema=self.ema.state_dict() if self.ema else None,
-            ema_updates=self.ema.updates if self.ema else 0,
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-            scaler=self.scaler.state_dict() if self.scaler else None,
-            epoch=self.epoch, batch=self.batch, step=self.step, partial=dict(self.partial),
-            rng_state=rng, rng_state_ranks=ranks,
-            worker_seeding=dict(seed=self.cfg.seed, world_size=self.info.world_size,
-                                rule="worker seed = loader generator seeded from (seed, epoch, rank) + worker id"),
-            args=self.cfg.to_dict(), class_names=list(self.class_names), num_classes=self.num_classes,
-            best_metric=self.best_metric, best_epoch=self.best_epoch, best_weights=self.best_weights,
-            history=list(self.history),
-        )
-
-    def restore(self, path: str) -> None:
-        """Load a checkpoint written by `state` (every rank reads it)."""
-        ckpt = load_training_checkpoint(path)
-        from ..checkpoint import extract_state_dict, load_state_dict_into
-        load_state_dict_into(self.model, extract_state_dict(ckpt, path, use_ema=False), path)
-        if self.ema is not None:
-            if ckpt.get("state_dict_ema"):
-                self.ema.load_state_dict(ckpt["state_dict_ema"], int(ckpt.get("ema_updates", 0)))
-            else:
-                self.ema.load_state_dict(self.model.state_dict(), 0)
-        try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise EffnetError(f"{path}: optimizer state does not fit this run (different --opt or model?): "
-                              f"{e}") from None
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.scaler is not None and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.batch, self.step = int(ckpt["epoch"]), int(ckpt.get("batch", 0)), int(ckpt["step"])
-        self.partial = dict(ckpt.get("partial") or self.partial)
-        self.best_metric, self.best_epoch = ckpt.get("best_metric"), ckpt.get("best_epoch")
-        self.best_weights = str(ckpt.get("best_weights", "ema" if ckpt.get("state_dict_ema") else "model"))
-        self.history = list(ckpt.get("history") or [])
-        ranks = ckpt.get("rng_state_ranks") or []
-        own = ranks[self.info.rank] if len(ranks) == self.info.world_size else ckpt["rng_state"]
-        set_rng_state(own)
-
-    def save(self, name: str) -> Path | None:
-        """Write a checkpoint on rank 0 (the others only take part in gathering RNG states)."""
-        state = self.state()
-        if not self.info.is_main:
-            return None
-        return atomic_save(state, self.output_dir / name)
-
-
-def _batches(loader: Iterable[Any], skips: SkipReport, run: _Run) -> Iterator[tuple[Tensor, Tensor]]:
-    """(images, targets) of each step. Samples the loader could not read are counted in `skips`; a
-    batch left with no image makes no update, but the schedule and step count move on as planned."""
+    A batch that unreadable files left with fewer than 2 images (1 with --batch-size 1) makes no
+    update: BatchNorm cannot normalise one value per channel. Under torchrun every rank skips that step
+    together, since one rank leaving out its backward would leave the others waiting in the gradient
+    all-reduce. The schedule and step count move on as planned; `run.partial` counts skipped steps."""
+    fewest = min(2, run.cfg.batch_size)
     for batch in loader:
         skips.add(unreadable_of(batch), show=run.info.is_main)
-        if batch[0].shape[0] == 0:
+        if D.broadcast_flag(batch[0].shape[0] < fewest, run.device):
             run.scheduler.step()
             run.step += 1
             run.batch += 1
+            run.partial["skipped_steps"] = run.partial.get("skipped_steps", 0) + 1
+            if run.info.is_main and run.partial["skipped_steps"] == 1:
+                _LOG.warning(f"train: skipping step {run.step} (epoch {run.epoch + 1}): unreadable images left a "
+                             f"batch with fewer than {fewest} images{' on some process' if run.info.enabled else ''}")
             continue
         yield batch[0], batch[1]
 
 
-def _train_epoch(run: _Run, net: nn.Module, loader: Any, frozen: bool, stop: _StopRequest) -> bool:
+def _train_epoch(run: RunState, net: nn.Module, loader: Any, frozen: bool, stop: StopRequest) -> bool:
     """Train until the epoch ends (True) or a stop signal arrives (False); updates run.partial."""
     cfg, device = run.cfg, run.device
-    _train_mode(_unwrap(net), frozen)
+    _train_mode(run.model, frozen)
     total = run.scheduler.steps_per_epoch
     progress = Progress(total, run.epoch, cfg.epochs, enabled=run.info.is_main, log_interval=cfg.log_interval)
     tic = time.perf_counter()
@@ -300,7 +137,7 @@ def _train_epoch(run: _Run, net: nn.Module, loader: Any, frozen: bool, stop: _St
             run.optimizer.step()
         run.scheduler.step()
         if run.ema is not None:
-            run.ema.update(_unwrap(net))
+            run.ema.update(run.model)
         run.step += 1
         run.batch += 1
         run.partial["loss_sum"] += loss_value * x.shape[0]
@@ -326,12 +163,15 @@ def _clip(params: list[nn.Parameter], cfg: TrainConfig) -> None:
         torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
 
 
-def _wrap(model: nn.Module, info: D.DistInfo) -> nn.Module:
-    if not info.enabled:
-        return model
-    # each rank keeps its own BatchNorm statistics; average_bn_stats merges them before validation
-    return DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+def _wrap(model: nn.Module, info: D.DistInfo, backend: str | None) -> nn.Module:
+    """The module the steps call: `model` itself, in DDP under torchrun, compiled with `backend`
+    (after DDP, as DDP's bucketing expects). Checkpoints, EMA and validation keep using `model`."""
+    net = model
+    if info.enabled:
+        # each rank keeps its own BatchNorm statistics; average_bn_stats merges them before validation
+        net = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                                      broadcast_buffers=False)
+    return torch.compile(net, backend=backend) if backend else net
 
 
 def fit(model: nn.Module, train_loader: Any, val_loader: Any, cfg: TrainConfig, output_dir: str | Path, *,
@@ -343,6 +183,10 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, cfg: TrainConfig, 
     `extra_params` (modules or parameters) are optimised along with the model. `cfg.resume` continues a
     run exactly. Returns the final metrics (eval_* of the last epoch, best_metric, best_epoch, and
     `interrupted` when a signal stopped it).
+
+    With `cfg.compile` the training forward runs through torch.compile; a model that is already
+    compiled is trained through its plain module, compiled again (inductor unless `cfg.compile` names a
+    backend), so the saved weights have plain key names.
     """
     ensure_logging()  # a script calling fit() sees the epoch lines as the command line does
     info = D.current()
@@ -353,6 +197,8 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, cfg: TrainConfig, 
     steps_per_epoch = len(train_loader)
     if steps_per_epoch < 1:
         raise EffnetError("the training loader yields no batches (fewer images than --batch-size?)")
+    backend = cfg.compile or ("inductor" if _plain(model) is not model else None)
+    model = _plain(model)
     model.to(info.device)
     if cfg.sync_bn and info.enabled and info.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -366,7 +212,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, cfg: TrainConfig, 
         criterion.to(info.device)
     class_names = (cfg.class_names or list(getattr(getattr(train_loader, "dataset", None), "classes", None) or [])
                    or [str(i) for i in range(int(getattr(model, "num_classes", 0) or 0))])
-    run = _Run(model, cfg, output_dir, criterion, extra_params, steps_per_epoch, class_names, info)
+    run = RunState(model, cfg, output_dir, criterion, extra_params, steps_per_epoch, class_names, info)
     if cfg.resume:
         run.restore(cfg.resume)
     else:
@@ -376,12 +222,12 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Any, cfg: TrainConfig, 
     trainable = _classifier_params(model) if cfg.freeze_epochs else set()
     net, wrapped_frozen = model, None
     metrics: dict[str, Any] = {}
-    with _StopRequest() as stop, Tracking(cfg, output_dir, enabled=info.is_main) as run.tracking:
+    with StopRequest() as stop, Tracking(cfg, output_dir, enabled=info.is_main) as run.tracking:
         while run.epoch < cfg.epochs:
             frozen = run.epoch < cfg.freeze_epochs
             if wrapped_frozen is None or frozen != wrapped_frozen:
                 _set_frozen(model, frozen, trainable)
-                net, wrapped_frozen = _wrap(model, info), frozen
+                net, wrapped_frozen = _wrap(model, info, backend), frozen
             set_loader_epoch(train_loader, run.epoch, cfg.seed, run.batch)
             if not _train_epoch(run, net, train_loader, frozen, stop):
                 path = run.save("last.pth.tar")
@@ -399,7 +245,7 @@ def _improves(new: float, old: float, metric: str) -> bool:
     return new < old if metric == "loss" else new > old
 
 
-def _end_epoch(run: _Run, val_loader: Any) -> dict[str, Any]:
+def _end_epoch(run: RunState, val_loader: Any) -> dict[str, Any]:
     """Validate, record the epoch, write outputs and checkpoints; returns the epoch's metrics."""
     cfg, info = run.cfg, run.info
     D.average_bn_stats(run.model)
@@ -426,6 +272,7 @@ def _end_epoch(run: _Run, val_loader: Any) -> dict[str, Any]:
     better = run.best_metric is None or _improves(score, run.best_metric, cfg.eval_metric)
     if better:
         run.best_metric, run.best_epoch, run.best_weights = score, run.epoch, weights
+    skipped_steps = int(run.partial.get("skipped_steps", 0))
     run.epoch += 1
     run.batch = 0
     run.partial = dict(loss_sum=0.0, count=0, images=0, seconds=0.0)
@@ -446,6 +293,9 @@ def _end_epoch(run: _Run, val_loader: Any) -> dict[str, Any]:
                 noun = "image" if row[key] == 1 else "images"
                 _LOG.warning(f"{split}: skipped {row[key]} unreadable {noun} in epoch {row['epoch'] + 1} "
                              "(left out, not replaced)")
+        if skipped_steps:
+            _LOG.warning(f"train: skipped {skipped_steps} step(s) in epoch {row['epoch'] + 1}, their batches too small "
+                         "after leaving out unreadable images")
     D.barrier()
     return dict(row, best_metric=run.best_metric, best_epoch=run.best_epoch, output_dir=str(run.output_dir),
                 count=ev["count"], step=run.step, interrupted=False)

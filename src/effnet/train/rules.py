@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from ..validators import COMMON, INTERPOLATIONS, Rule, at_least, check_sequence, memory_problem, positive, unit
 
@@ -11,6 +14,39 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsproptf", "rmsprop", "adamw", "a
 SCHEDULERS = ("step", "cosine", "none")
 DATASETS = ("digits",)
 MAX_SEED = 2**32 - 1  # NumPy's limit; torch's generators take any value up to it too
+# the tracking stores MLflow opens: a folder (a path or file:), a server, Databricks, or a database
+# named by its SQLAlchemy dialect (postgresql+psycopg2: and the like)
+MLFLOW_SCHEMES = ("file", "http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql")
+
+
+@dataclass(frozen=True)
+class Name(Rule):
+    """Text that must hold more than blanks (a name the setting is looked up by)."""
+
+    kind: type = str
+
+    def parse(self, value: Any) -> Any:
+        text = super().parse(value)
+        if not text.strip():
+            raise ValueError(f"must not be empty, got {text!r}")
+        return text
+
+
+class TrackingUri(Name):
+    """An MLflow tracking store MLflow can open; a local store must be a folder, not a file."""
+
+    def parse(self, value: Any) -> Any:
+        uri = super().parse(value)
+        scheme = urlparse(uri).scheme.lower()
+        if len(scheme) > 1 and scheme.split("+")[0] not in MLFLOW_SCHEMES:  # one letter: a Windows drive
+            raise ValueError(f"has the unsupported scheme {scheme + ':'!r}; use a folder, file:, http(s):, databricks "
+                             f"or a database URI (sqlite:, postgresql:, mysql:, mssql:), got {uri!r}")
+        if len(scheme) <= 1 or scheme == "file":
+            folder = Path(urlparse(uri).path if scheme == "file" else uri).expanduser()
+            if folder.exists() and not folder.is_dir():
+                raise ValueError(f"names a file, not a folder (MLflow's local store is a folder of runs), got {uri!r}")
+        return uri
+
 
 RULES: dict[str, Rule] = dict(
     # model
@@ -43,7 +79,7 @@ RULES: dict[str, Rule] = dict(
     amp=Rule(bool), amp_dtype=Rule(str, choices=("bfloat16", "float16")), channels_last=Rule(bool),
     seed=Rule(int, 0, MAX_SEED), output=Rule(str), resume=Rule(str),
     eval_metric=Rule(str, choices=("top1", "top5", "loss")), log_interval=Rule(int, 0, None), device=Rule(str),
-    log_tensorboard=Rule(bool), log_mlflow=Rule(bool), mlflow_uri=Rule(str), mlflow_experiment=Rule(str),
+    log_tensorboard=Rule(bool), log_mlflow=Rule(bool), mlflow_uri=TrackingUri(), mlflow_experiment=Name(),
     recipe=Rule(str), config=Rule(str),
 )
 
@@ -59,6 +95,12 @@ def flag_name(name: str) -> str:
 
 def combined_problem(cfg: Any) -> str | None:
     """What is wrong with settings that are fine one by one (value counts, MIN MAX order, memory), or None."""
+    if cfg.log_tensorboard and cfg.resume:  # a resumed run appends to its folder's tensorboard/
+        events = Path(cfg.resume).expanduser().parent / "tensorboard"
+        same_folder = not cfg.output or Path(cfg.output).expanduser().resolve() == events.parent.resolve()
+        if same_folder and events.exists() and not events.is_dir():
+            return (f"--log-tensorboard: {str(events)!r} is a file, not the folder of the run's TensorBoard events; "
+                    "move it away or resume without --log-tensorboard")
     for name, length in SEQUENCES.items():
         problem = check_sequence(flag_name(name), getattr(cfg, name), length=length or (1, cfg.in_chans),
                                  ordered=name in ORDERED)

@@ -1,0 +1,128 @@
+"""int8 post-training quantization with PyTorch's own flow (PT2E and the x86 inductor quantizer, from torchao).
+
+The BatchNorm-folded fp32 model is exported with a dynamic batch dimension, observed on calibration
+batches, and converted: every static conv and linear gets int8 weights (per output channel) and int8
+activations (per tensor, from the calibration ranges). Under `torch.compile` with weight freezing,
+inductor lowers each quantize -> conv -> dequantize pattern to one oneDNN int8 convolution (VNNI / AMX
+where the CPU has them).
+
+CondConv's convolutions are not static: their kernel is mixed per sample from the expert bank at run
+time, so the quantizer leaves them (and their routing) in fp32, and only the static convs (stem, head,
+SE, the stages before the first CondConv block) and the classifier run in int8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .errors import EffnetError
+from .extras import require
+from .layers import Conv2dSame
+
+
+def calibration_batches(calibration: Iterable[Any] | None, in_chans: int) -> list[Tensor]:
+    """The input tensors of `calibration` (tensors, or (input, target, ...) pairs as a DataLoader yields
+    them), checked: at least one, all (N, in_chans, H, W) with the same (H, W)."""
+    if calibration is None:
+        raise EffnetError("int8 needs calibration data: pass calibration=<batches of preprocessed images> "
+                          "(on the command line: --calib-dir DIR or --dataset NAME)")
+    out: list[Tensor] = []
+    for i, item in enumerate(calibration):
+        x = item[0] if isinstance(item, (tuple, list)) and item else item
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != in_chans or x.shape[0] < 1:
+            what = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise EffnetError(f"calibration batch {i}: expected a (N, {in_chans}, H, W) image tensor, got {what}")
+        if out and x.shape[-2:] != out[0].shape[-2:]:
+            raise EffnetError(f"calibration batch {i} is {tuple(x.shape[-2:])}, batch 0 {tuple(out[0].shape[-2:])}: "
+                              "calibrate at one input size")
+        out.append(x.detach().float().cpu())
+    if not out:
+        raise EffnetError("int8 calibration data is empty: give at least one batch of images")
+    return out
+
+
+class QuantizedEfficientNet(nn.Module):
+    """An int8 EfficientNet as returned by `optimize_for_inference(..., dtype=torch.int8)`: eval-only,
+    for the (H, W) it was calibrated at, any batch size. Outputs are fp32 logits."""
+
+    def __init__(self, program: nn.Module, source: nn.Module, input_size: tuple[int, int],
+                 compiled: bool, calibration_images: int) -> None:
+        super().__init__()
+        self.calibration_images = calibration_images
+        self.program = program
+        self.input_size = input_size
+        self.compiled = compiled
+        self.in_chans = int(source.in_chans)
+        self.num_classes = int(getattr(source, "num_classes", 0) or 0)
+        self.pretrained_cfg = dict(getattr(source, "pretrained_cfg", {}) or {})
+        self.default_cfg = self.pretrained_cfg
+
+    def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[-2:]) != self.input_size or x.dim() != 4:
+            raise EffnetError(f"this int8 model was quantized for (N, {self.in_chans}, {self.input_size[0]}, "
+                              f"{self.input_size[1]}) inputs; got {tuple(x.shape)}: quantize again at that size")
+        # freezing turns the int8 weights into constants that inductor prepacks for oneDNN; patched per call
+        # rather than set globally, so effnet never changes the compiler settings of the user's other models
+        patch = torch._inductor.config.patch(freezing=True) if self.compiled else contextlib.nullcontext()
+        with patch:
+            return self.program(x.float().contiguous())
+
+    def train(self, mode: bool = True) -> "QuantizedEfficientNet":
+        if mode:
+            raise EffnetError("this model was quantized to int8 for inference: it cannot be trained; "
+                              "train the fp32 model instead")
+        return self
+
+
+def _mark_convs_as_conv2d(program: torch.fx.GraphModule) -> int:
+    """The quantizer finds convs (and conv + activation pairs) by the exact module class recorded in each
+    node's `nn_module_stack`; effnet's 'SAME'-padding `Conv2dSame` is an `nn.Conv2d` in every other
+    respect, so its nodes are recorded as one. Returns how many nodes were re-labelled."""
+    plain = f"{nn.Conv2d.__module__}.{nn.Conv2d.__qualname__}"
+    same = f"{Conv2dSame.__module__}.{Conv2dSame.__qualname__}"
+    changed = 0
+    for node in program.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op == "call_function" and stack:
+            key, (fqn, cls) = list(stack.items())[-1]
+            if cls is Conv2dSame or cls == same:
+                stack[key] = (fqn, plain if isinstance(cls, str) else nn.Conv2d)
+                changed += 1
+    return changed
+
+
+@torch.no_grad()
+def quantize_int8(model: nn.Module, batches: list[Tensor], compile: bool = True) -> QuantizedEfficientNet:
+    """Quantize an fp32, BatchNorm-folded, contiguous inference copy (see `optimize_for_inference`) to int8,
+    calibrated on `batches` (from `calibration_batches`), which fix the input (H, W)."""
+    quantize_pt2e = require("torchao.quantization.pt2e.quantize_pt2e", extra="int8", purpose="int8 quantization")
+    x86 = require("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", extra="int8",
+                  purpose="int8 quantization")
+    pt2e = require("torchao.quantization.pt2e", extra="int8", purpose="int8 quantization")
+    first = batches[0]
+    size = (int(first.shape[-2]), int(first.shape[-1]))
+    # batch 2 to record: a batch of 1 would be specialised into the graph as a constant
+    example = first[:2] if first.shape[0] >= 2 else first.expand(2, -1, -1, -1)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # export's and the quantizer's deprecation chatter
+        try:
+            program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: batch}}).module()
+        except Exception as e:  # noqa: BLE001 - export raises many internal types
+            raise EffnetError(f"int8: exporting the model for quantization failed: {type(e).__name__}: {e}") from e
+        _mark_convs_as_conv2d(program)
+        quantizer = x86.X86InductorQuantizer()
+        quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+        prepared = quantize_pt2e.prepare_pt2e(program, quantizer)
+        for x in batches:
+            prepared(x)
+        converted = quantize_pt2e.convert_pt2e(prepared)
+        pt2e.move_exported_model_to_eval(converted)
+    program = torch.compile(converted, dynamic=False) if compile else converted
+    return QuantizedEfficientNet(program, model, size, compiled=compile,
+                                 calibration_images=sum(int(x.shape[0]) for x in batches))

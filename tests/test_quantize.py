@@ -1,0 +1,112 @@
+"""int8: optimize_for_inference(dtype=torch.int8) (PT2E), int8 ONNX export (onnxruntime QDQ), and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import effnet
+from effnet.errors import EffnetError
+from effnet.optimize import optimize_for_inference
+
+from conftest import parity_state_dict
+
+pytest.importorskip("torchao", reason="int8 needs the int8 extra (torchao)")
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def synthetic_b1() -> torch.nn.Module:
+    """efficientnet_b1_pruned with the parity fixtures' synthetic weights and BatchNorm statistics:
+    activations of realistic scale, unlike a fresh initialisation whose logits are ~1e-5."""
+    model = effnet.create_model("efficientnet_b1_pruned")
+    model.load_state_dict(parity_state_dict("efficientnet_b1_pruned"))
+    return model.eval()
+
+
+def _batches(n: int, batch: int = 8, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 3, SIZE, SIZE, generator=g) for _ in range(n)]
+
+
+@torch.no_grad()
+def test_int8_close_to_fp32(synthetic_b1: torch.nn.Module) -> None:
+    q = optimize_for_inference(synthetic_b1, dtype=torch.int8, calibration=_batches(4), compile=False)
+    assert isinstance(q, effnet.quantize.QuantizedEfficientNet)
+    assert q.calibration_images == 32 and q.input_size == (SIZE, SIZE)
+    convs = [n for n in q.program.graph.nodes if "quantize_per_channel" in str(n.target)]
+    assert len(convs) > 50, "static convs should carry per-channel int8 weights"
+    for batch in (1, 5):  # any batch size, not only the calibration one
+        x = _batches(1, batch, seed=7)[0]
+        ref, out = synthetic_b1(x), q(x)
+        assert out.shape == ref.shape and out.dtype == torch.float32
+        rel = ((out - ref).abs().max() / ref.abs().max()).item()
+        assert rel < 0.15, rel
+    # the fp32 model is untouched
+    assert not any(isinstance(m, torch.nn.Identity) for m in synthetic_b1.modules())
+
+
+def test_int8_refusals(synthetic_b1: torch.nn.Module) -> None:
+    with pytest.raises(EffnetError, match="calibration"):
+        optimize_for_inference(synthetic_b1, dtype=torch.int8)
+    with pytest.raises(EffnetError, match="empty"):
+        optimize_for_inference(synthetic_b1, dtype=torch.int8, calibration=[])
+    with pytest.raises(EffnetError, match=r"batch 0: expected a \(N, 3, H, W\)"):
+        optimize_for_inference(synthetic_b1, dtype=torch.int8, calibration=[torch.zeros(3, SIZE, SIZE)])
+    with pytest.raises(EffnetError, match="batch 1 is"):
+        optimize_for_inference(synthetic_b1, dtype=torch.int8,
+                               calibration=[torch.zeros(1, 3, SIZE, SIZE), torch.zeros(1, 3, 32, 32)])
+    with pytest.raises(EffnetError, match="input_size"):
+        optimize_for_inference(synthetic_b1, dtype=torch.int8, calibration=_batches(1), input_size=SIZE + 1)
+    with pytest.raises(EffnetError, match="only used with dtype=torch.int8"):
+        optimize_for_inference(synthetic_b1, calibration=_batches(1))
+    features = effnet.create_model("efficientnet_b1_pruned", features_only=True).eval()
+    with pytest.raises(EffnetError, match="classifier models"):
+        optimize_for_inference(features, dtype=torch.int8, calibration=_batches(1))
+
+
+def test_int8_model_is_eval_only_and_size_bound(synthetic_b1: torch.nn.Module) -> None:
+    # (input, target) pairs, as a DataLoader yields them, are accepted as calibration
+    pairs = [(x, torch.zeros(len(x), dtype=torch.long)) for x in _batches(1, batch=2)]
+    q = optimize_for_inference(synthetic_b1, dtype=torch.int8, calibration=pairs, compile=False)
+    with pytest.raises(EffnetError, match="cannot be trained"):
+        q.train()
+    with pytest.raises(EffnetError, match="quantized for"):
+        q(torch.zeros(1, 3, SIZE + 8, SIZE))
+
+
+def test_int8_onnx_export(synthetic_b1: torch.nn.Module, tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from effnet.export import export_model
+    out = tmp_path / "model.int8.onnx"
+    figures = export_model(synthetic_b1, out, "onnx", metadata={"dtype": "int8"}, dtype=torch.int8,
+                           calibration=_batches(3))
+    assert figures["images"] == 24 and figures["agreement"] >= 0.9 and figures["max_rel_err"] < 0.3
+    proto = onnx.load(str(out))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert {p.key: p.value for p in proto.metadata_props}["dtype"] == "int8"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.int8.onnx"]  # no fp32 intermediate left behind
+    with pytest.raises(EffnetError, match="ONNX .QDQ. only"):
+        export_model(synthetic_b1, tmp_path / "m.pt2", "pt2", dtype=torch.int8, calibration=_batches(1))
+
+
+def test_cli_int8_needs_calibration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from effnet.cli import main
+    out = tmp_path / "m.onnx"
+    code = main(["export", "--model", "efficientnet_b1_pruned", "--random-weights", "--format", "onnx",
+                 "--dtype", "int8", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code != 0 and "--calib-dir" in err and "Traceback" not in err and not out.exists()
+    code = main(["export", "--model", "efficientnet_b1_pruned", "--random-weights", "--format", "pt2",
+                 "--dtype", "int8", "--calib-dataset", "digits", "--output", str(tmp_path / "m.pt2")])
+    assert code != 0 and "ONNX only" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(["export", "--model", "efficientnet_b1_pruned", "--random-weights", "--format", "onnx",
+                 "--dtype", "int8", "--calib-dir", str(empty), "--output", str(out)])
+    assert code != 0 and "no image files" in capsys.readouterr().err and not out.exists()

@@ -1,0 +1,97 @@
+"""`--compile` (timm's `--torchcompile`): the flag and its YAML value, and a compiled run whose
+checkpoints, EMA and resume look exactly like an eager run's (plain key names, no `_orig_mod.`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import effnet
+from effnet.train import ConfigError, TrainConfig, add_train_arguments, build_loaders, config_from_args, fit
+from train_fixtures import TINY_MODEL, make_image_folder
+
+
+def _parse(*argv: str) -> TrainConfig:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return config_from_args(parser.parse_args(["--model", TINY_MODEL, *argv]))
+
+
+def test_compile_flag_spellings_and_yaml(tmp_path: Path) -> None:
+    assert _parse().compile is None
+    assert _parse("--compile").compile == "inductor"
+    assert _parse("--torchcompile").compile == "inductor"  # timm's spelling
+    assert _parse("--compile", "aot_eager", "--epochs", "3").compile == "aot_eager"
+    with pytest.raises(SystemExit):
+        _parse("--compile", "tensorrt")
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("compile: true\n")
+    assert _parse("--config", str(yaml_file)).compile == "inductor"
+    yaml_file.write_text("compile: nvfuser\n")
+    with pytest.raises(ConfigError, match="--compile 'nvfuser'"):
+        _parse("--config", str(yaml_file))
+
+
+def _cfg(data: Path, **kw: object) -> TrainConfig:
+    settings: dict[str, object] = dict(model=TINY_MODEL, data_dir=str(data), img_size=32, batch_size=4, workers=0,
+                                       epochs=1, lr=0.01, warmup_epochs=0, seed=3, model_ema=True,
+                                       model_ema_decay=0.9)
+    return TrainConfig(**{**settings, **kw})
+
+
+def _keys_are_plain(sd: dict[str, torch.Tensor]) -> bool:
+    return bool(sd) and not any("_orig_mod" in k or k.startswith("module.") for k in sd)
+
+
+def test_compiled_run_saves_plain_keys_and_resumes(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data")
+    cfg = _cfg(data, compile="eager")  # the torch.compile wrapper and dynamo's tracing, without codegen
+    train_loader, val_loader, classes = build_loaders(cfg)
+    torch.manual_seed(0)
+    model = effnet.create_model(TINY_MODEL, num_classes=len(classes))
+    out = tmp_path / "run"
+    fit(model, train_loader, val_loader, cfg, out)
+    ckpt = torch.load(out / "last.pth.tar", weights_only=True)
+    assert _keys_are_plain(ckpt["state_dict"]) and _keys_are_plain(ckpt["state_dict_ema"])
+    assert _keys_are_plain(load_file(str(out / "model.safetensors")))
+    assert ckpt["args"]["compile"] == "eager"
+    # the EMA followed the trained weights (decay 0.9, capped lower for the first updates)
+    trained, ema = ckpt["state_dict"]["conv_stem.weight"], ckpt["state_dict_ema"]["conv_stem.weight"]
+    start = effnet.create_model(TINY_MODEL, num_classes=len(classes)).state_dict()["conv_stem.weight"]
+    assert not torch.equal(ema, start) and not torch.equal(ema, trained)
+
+    resumed = _cfg(data, compile="eager", epochs=2, resume=str(out / "last.pth.tar"))
+    metrics = fit(effnet.create_model(TINY_MODEL, num_classes=len(classes)), train_loader, val_loader, resumed, out)
+    assert metrics["epoch"] == 1 and metrics["step"] == 4
+    assert _keys_are_plain(torch.load(out / "last.pth.tar", weights_only=True)["state_dict"])
+
+
+def test_an_already_compiled_model_is_saved_with_plain_keys(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data")
+    cfg = _cfg(data, model_ema=False)
+    train_loader, val_loader, classes = build_loaders(cfg)
+    model = effnet.create_model(TINY_MODEL, num_classes=len(classes))
+    compiled = torch.compile(model, backend="eager")
+    assert any(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    before = model.conv_stem.weight.detach().clone()
+    fit(compiled, train_loader, val_loader, cfg, tmp_path / "run")
+    assert not torch.equal(model.conv_stem.weight, before)  # the caller's model is the one trained
+    assert _keys_are_plain(torch.load(tmp_path / "run" / "last.pth.tar", weights_only=True)["state_dict"])
+
+
+@pytest.mark.slow
+def test_inductor_training_matches_eager(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "data")
+    losses = {}
+    for backend in (None, "inductor"):
+        cfg = _cfg(data, compile=backend, model_ema=False)
+        train_loader, val_loader, classes = build_loaders(cfg)
+        torch.manual_seed(0)
+        model = effnet.create_model(TINY_MODEL, num_classes=len(classes))
+        metrics = fit(model, train_loader, val_loader, cfg, tmp_path / str(backend))
+        losses[backend] = (metrics["train_loss"], metrics["eval_loss"])
+    assert losses["inductor"] == pytest.approx(losses[None], rel=1e-3)
