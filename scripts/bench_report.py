@@ -22,7 +22,7 @@ import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -172,7 +172,7 @@ def render(figures: Figures, trained: dict[str, dict[str, float]] | None = None)
             if fast is not None:
                 t.add(f"fp32-{k}", f"{name} b{b} vs {fast.best_peer}", fast.ratio.get("best peer"))
                 if b == big:
-                    t.add("share-pruned" if not cond else "share-cc", f"{name} b16", fast.peak_share)
+                    t.add("share-pruned" if not cond else "share-cc", f"{name} b{b}", fast.peak_share)
             bf = _best(p("effnet", "optimized", "bf16"), p("effnet", "compiled", "bf16"))
             i8 = p("effnet", "compiled", "int8") or p("effnet", "optimized", "int8")
             low.append(f"| {name} | {b} | {_cell(p('reference', 'compiled', 'bf16-autocast'))} "
@@ -253,8 +253,8 @@ def render(figures: Figures, trained: dict[str, dict[str, float]] | None = None)
              f"Machine: {figures['machine']}. No GPU was available, so GPU figures are not measured.", "",
              "One run of `scripts/bench_report.py`; per model one process rotation: every candidate built from "
              "the same synthetic weights, warmed for at least two calls, timed interleaved with the order "
-             f"reversed every round, medians ({figures.get('iters', 5)} rounds, at batch 1 at least 20); "
-             f"{figures['threads']} threads set "
+             f"reversed every round, medians ({figures.get('iters', 5)} round(s), at batch 1 at least 20); "
+             f"{figures['threads']} thread(s) set "
              "explicitly; oneDNN's primitive cache enlarged so that the rotation does not overflow it. Peers "
              f"measured ({peers}): the reference implementation eager (channels-last), under `torch.compile` "
              "with the options effnet uses (inductor, weight freezing, static shapes), and compiled under "
@@ -272,12 +272,17 @@ def render(figures: Figures, trained: dict[str, dict[str, float]] | None = None)
              "Any single figure: `effnet benchmark --model NAME [--batch-size 1,16] [--dtype fp32|bf16|int8] "
              "[--modes eager,optimized,compiled] [--train] [--compare [reference,onnxruntime]] [--threads N] "
              "[--format json]`.", "",
-             "Targets (issue 14), against the best peer measured in the same run, never the eager reference; "
+             "Targets, against the best peer measured in the same run, never the eager reference; "
              "worst figure over the models and batch sizes measured:", "", *targets, "",
-             "Regenerate (about half an hour per model on 2 cores) in the side environment of the reference "
-             "implementation (`../shared/reference/setup-reference-env.sh DIR`, then "
-             "`DIR/bin/pip install onnx onnxruntime onnxscript torchao`):", "", "```",
-             "PYTHONPATH=src DIR/bin/python scripts/bench_report.py --update-readme --json bench.json",
+             "Regenerate in two steps: measure in the side environment of the reference implementation "
+             "(`../shared/reference/setup-reference-env.sh DIR`, then `DIR/bin/pip install onnx onnxruntime "
+             "onnxscript torchao`; this run took 27 minutes for the two models on 2 cores with "
+             "`--train-modes eager`, compiled training adds about 15 minutes per model), then render with the "
+             "project's `.venv`, which also measures the bf16 error of digits-trained checkpoints "
+             "(`scripts/demo.py --model NAME --output DIR` trains one):", "", "```",
+             "PYTHONPATH=src DIR/bin/python scripts/bench_report.py --train-modes eager --json bench.json",
+             ".venv/bin/python scripts/bench_report.py --from-json bench.json --update-readme \\",
+             "    --trained efficientnet_b1_pruned=RUN1/model_best.pth.tar --trained tf_efficientnet_cc_b0_4e=RUN2/model_best.pth.tar",
              "```", "", END]
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ one run of the default recipe (`effnet train --model tf_efficientnet_cc_b0_4e --
     effnet_e4_expert_lr0.1     expert banks and routing layers at a tenth of the learning rate
     effnet_e4_expert_no_wd     expert banks and routing layers without weight decay
     upcycle_e0_to_e4           `effnet upcycle --experts 4` of dense_e0's run folder, fine-tuned 1 epoch
+    *_seed0                    a second seed, for differences too small to trust from one run
 
 Every run is its own process with one thread, at most --jobs at a time; reference runs use
 --reference-python (an environment with timm). A configuration whose result.json is already in
@@ -110,7 +111,8 @@ def expert_optimizer(spec: Spec, model: Any, original: Any) -> Any:
 def routing_summary(model: Any, loader: Any) -> list[dict[str, Any]]:
     """Per CondConv block over the validation images: the block's input size, and of the routing
     weights sigmoid(W x + b): mean, spread across images (std), across experts (std of one image's
-    weights), and across classes (max - min of the per-class means, largest over experts)."""
+    weights), across classes (max - min of the per-class means, largest over experts), and the share of
+    images whose largest weight is below 0.1 (the block's kernel all but switched off for them)."""
     import torch
     blocks = [(n, m) for n, m in model.named_modules() if getattr(m, "routing_fn", None) is not None]
     sizes: dict[str, list[int]] = {}
@@ -136,7 +138,8 @@ def routing_summary(model: Any, loader: Any) -> list[dict[str, Any]]:
         rows.append(dict(block=n, input_hw=sizes.get(n), mean=round(float(r.mean()), 4),
                          std_images=round(float(r.std(0).mean()), 4),
                          std_experts=round(float(r.std(1).mean()), 4) if r.shape[1] > 1 else 0.0,
-                         class_spread=round(float((per_class.max(0).values - per_class.min(0).values).max()), 4)))
+                         class_spread=round(float((per_class.max(0).values - per_class.min(0).values).max()), 4),
+                         gated_off=round(float((r.max(1).values < 0.1).float().mean()), 4)))
     return rows
 
 
@@ -216,6 +219,28 @@ def run_one(name: str, out: Path) -> dict[str, Any]:
     return result
 
 
+def reanalyse(parent: Path) -> None:
+    """Recompute the routing summary of finished effnet CondConv runs from their last.pth.tar."""
+    import torch
+    from effnet.checkpoint import load_state_dict_into, read_state_dict
+    from effnet.registry import build_model, get_config
+    from effnet.train.config import config_from_args
+    from effnet.train.data import build_loaders
+    torch.set_num_threads(1)
+    for name, spec in SPECS.items():
+        path = parent / name / "result.json"
+        if spec.impl != "effnet" or spec.upcycle or not spec.experts or not path.exists():
+            continue
+        model = build_model(dataclasses.replace(get_config(MODEL), experts=spec.experts), num_classes=10)
+        checkpoint = parent / name / "train" / "last.pth.tar"
+        load_state_dict_into(model, read_state_dict(str(checkpoint), use_ema=False), str(checkpoint))
+        cfg = config_from_args(dict(model=MODEL, dataset="digits", img_size=spec.img_size, workers=0))
+        result = json.loads(path.read_text())
+        result["routing"] = routing_summary(model, build_loaders(cfg)[1])
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"study: routing of {name} recomputed from {checkpoint}", flush=True)
+
+
 def child(name: str, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -251,11 +276,13 @@ def routing_table(results: dict[str, dict[str, Any]]) -> str:
     for name, r in results.items():
         if not r.get("routing"):
             continue
-        lines.append(f"routing of {name} (block: input size, std over images / experts, class spread)")
+        lines.append(f"routing of {name} (block: input size, std over images / experts, class spread, "
+                     f"images with every weight < 0.1)")
         for row in r["routing"]:
             hw = "x".join(str(s) for s in row["input_hw"] or [])
+            off = f"{100 * row['gated_off']:.1f}%" if "gated_off" in row else "-"  # not in reference runs
             lines.append(f"  {row['block']:14} {hw:>5}  {row['std_images']:.3f} / {row['std_experts']:.3f}  "
-                         f"{row['class_spread']:.3f}")
+                         f"{row['class_spread']:.3f}  off for {off}")
     return "\n".join(lines)
 
 
@@ -266,11 +293,16 @@ def main() -> int:
     p.add_argument("--reference-python", default="/work/refenv/bin/python",
                    help="python of an environment with timm, for the reference runs")
     p.add_argument("--output", default=str(ROOT / "runs" / "condconv-study"), help="study folder")
+    p.add_argument("--reanalyse", action="store_true",
+                   help="recompute the routing summary of the finished effnet runs, then print the table")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     parent = Path(args.output)
     if args.child:
         return child(args.child, parent / args.child)
+    if args.reanalyse:
+        reanalyse(parent)
+        args.only = ",".join(n for n in SPECS if (parent / n / "result.json").exists())
     names = args.only.split(",") if args.only else list(SPECS)
     unknown = [n for n in names if n not in SPECS]
     if unknown:

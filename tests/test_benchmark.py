@@ -22,9 +22,10 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """One torch thread: two threads on a busy 2-core machine wait on each other at every op; and the
-    CLI's --threads must not leak into later tests."""
+    CLI's --threads and oneDNN cache setting must not leak into later tests."""
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)  # restored afterwards
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

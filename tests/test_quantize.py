@@ -110,3 +110,37 @@ def test_cli_int8_needs_calibration(tmp_path: Path, capsys: pytest.CaptureFixtur
     code = main(["export", "--model", "efficientnet_b1_pruned", "--random-weights", "--format", "onnx",
                  "--dtype", "int8", "--calib-dir", str(empty), "--output", str(out)])
     assert code != 0 and "no image files" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.slow
+def test_serve_int8_features_and_probabilities(synthetic_b1: torch.nn.Module) -> None:
+    """`effnet serve --dtype int8`: one quantized, compiled pass gives features and probabilities
+    close to the fp32 server's."""
+    from effnet.serve.engine import Loaded, prepare
+    cfg = {"input_size": (3, SIZE, SIZE), "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center",
+           "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    loaded = Loaded("efficientnet_b1_pruned", synthetic_b1, [str(i) for i in range(1000)], cfg, lambda img: img)
+    fp32 = prepare(loaded, "fp32", max_batch=2)
+    int8 = prepare(loaded, "int8", max_batch=2, calibration=_batches(2))
+    assert int8.compiled and int8.buckets == (1, 2) and int8.card()["dtype"] == "int8"
+    int8.warm_up(2)
+    x = _batches(1, batch=3, seed=5)[0][:1]  # batch 1: served from the batch-1 bucket
+    (f32, p32), (f8, p8) = fp32.run(x), int8.run(x)
+    assert f8.shape == f32.shape and p8.shape == p32.shape
+    assert ((f8 - f32).abs().max() / f32.abs().max()).item() < 0.15
+    assert torch.allclose(p8.sum(-1), torch.ones(1), atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", effnet.list_models())
+def test_int8_every_model(name: str) -> None:
+    """Every registered model quantizes (CondConv ones with their per-sample convs in fp32) and stays
+    close to fp32 on its synthetic weights."""
+    model = effnet.create_model(name)
+    model.load_state_dict(parity_state_dict(name))
+    model.eval()
+    q = optimize_for_inference(model, dtype=torch.int8, calibration=_batches(2, batch=4), compile=False)
+    x = _batches(1, batch=2, seed=9)[0]
+    with torch.no_grad():
+        ref, out = model(x), q(x)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 0.2

@@ -47,6 +47,7 @@ def _keys_are_plain(sd: dict[str, torch.Tensor]) -> bool:
     return bool(sd) and not any("_orig_mod" in k or k.startswith("module.") for k in sd)
 
 
+@pytest.mark.slow  # dynamo traces the model twice (fit, then the resumed fit): about a minute
 def test_compiled_run_saves_plain_keys_and_resumes(tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / "data")
     cfg = _cfg(data, compile="eager")  # the torch.compile wrapper and dynamo's tracing, without codegen
@@ -72,7 +73,7 @@ def test_compiled_run_saves_plain_keys_and_resumes(tmp_path: Path) -> None:
 
 def test_an_already_compiled_model_is_saved_with_plain_keys(tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / "data")
-    cfg = _cfg(data, model_ema=False)
+    cfg = _cfg(data, model_ema=False, compile="eager")  # without it, inductor: minutes on 2 cores
     train_loader, val_loader, classes = build_loaders(cfg)
     model = effnet.create_model(TINY_MODEL, num_classes=len(classes))
     compiled = torch.compile(model, backend="eager")

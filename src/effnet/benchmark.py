@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import torch._inductor.config
 from torch import Tensor, nn
 
 from . import peers as peer_models
@@ -180,9 +179,10 @@ def bench_inference(name: str, batch_sizes: tuple[int, ...], img_size: int | Non
         raise EffnetError(f"unknown peer(s) {unknown}; expected some of {peer_models.PEERS}")
     size = img_size or get_config(name).pretrained.input_size[-1]
     results: list[Result] = []
+    from torch._inductor import config as inductor  # imported here: importing the compiler takes seconds
     # compile times are reported, so every compile starts cold rather than from inductor's disk cache
     with tempfile.TemporaryDirectory(prefix="effnet-bench-") as work, \
-            torch._inductor.config.patch(fx_graph_cache=False), torch.inference_mode():
+            inductor.patch(fx_graph_cache=False), torch.inference_mode():
         base, models = _candidates(name, modes, dtypes, dev, size, peers, Path(work))
         macs = count_macs(base, (3, size, size))
         models = dict(sorted(models.items(), key=lambda kv: _peer_order(kv[0])))
@@ -303,7 +303,8 @@ def bench_train(name: str, batch: int = 32, img_size: int = 128, device: str = "
             fns[("effnet", mode, "bf16-autocast")] = train_step_fn(copy.deepcopy(ours), batch, img_size, dev, True,
                                                                    mode == "compiled", torch.bfloat16)
     compile_s: dict[Key, float] = {}
-    with torch._inductor.config.patch(fx_graph_cache=False):
+    from torch._inductor import config as inductor  # imported here: importing the compiler takes seconds
+    with inductor.patch(fx_graph_cache=False):
         for key, fn in fns.items():
             if key[1] == "compiled":
                 t0 = time.perf_counter()

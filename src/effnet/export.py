@@ -11,6 +11,7 @@ reads; it is verified against the fp32 PyTorch model on those images.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import warnings
@@ -71,12 +72,18 @@ class _Batches:
 def _quantize_onnx(fp32_path: str, path: str, batches: list[Tensor]) -> None:
     quantization = require("onnxruntime.quantization", extra="export", purpose="int8 ONNX export")
     reader = _Batches(batches, "input")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # per output channel weights, as the PyTorch int8 path does; QDQ so any runtime can read it
-        quantization.quantize_static(fp32_path, path, reader, quant_format=quantization.QuantFormat.QDQ,
-                                     per_channel=True, weight_type=quantization.QuantType.QInt8,
-                                     activation_type=quantization.QuantType.QInt8)
+    quiet = logging.getLogger()  # the quantizer logs advice on the root logger
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # per output channel weights, as the PyTorch int8 path does; QDQ so any runtime can read it
+            quantization.quantize_static(fp32_path, path, reader, quant_format=quantization.QuantFormat.QDQ,
+                                         per_channel=True, weight_type=quantization.QuantType.QInt8,
+                                         activation_type=quantization.QuantType.QInt8)
+    finally:
+        quiet.setLevel(level)
 
 
 def verify_int8(path: Path, model: nn.Module, batches: list[Tensor], min_agreement: float = 0.9) -> dict[str, float]:

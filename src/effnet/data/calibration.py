@@ -32,17 +32,25 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"how many images to calibrate on (default {DEFAULT_IMAGES})")
 
 
+def check_calibration_flags(args: argparse.Namespace, int8: bool) -> None:
+    """At parse time, before any model loads: int8 needs calibration images, and only int8 takes them."""
+    given = bool(args.calib_dir or args.calib_dataset)
+    if given and not int8:
+        raise EffnetError("--calib-dir/--calib-dataset are for --dtype int8")
+    if int8 and not given:
+        raise EffnetError("--dtype int8 needs calibration images: --calib-dir DIR (a few hundred images like "
+                          "those the model will see) or --calib-dataset digits")
+    if args.calib_images < 1:
+        raise EffnetError(f"--calib-images must be >= 1, got {args.calib_images}")
+
+
 def calibration_from_args(args: argparse.Namespace, data_config: Mapping[str, Any],
                           batch_size: int = 32) -> list[Tensor]:
     """The calibration batches the flags name, preprocessed as `data_config` says. Unreadable images are
     skipped and counted in one log line; none readable is an error."""
     if args.calib_dir and args.calib_dataset:
         raise EffnetError("--calib-dir and --calib-dataset both name calibration data; give only one")
-    if not (args.calib_dir or args.calib_dataset):
-        raise EffnetError("--dtype int8 needs calibration images: --calib-dir DIR (a few hundred images like "
-                          "those the model will see) or --calib-dataset digits")
-    if args.calib_images < 1:
-        raise EffnetError(f"--calib-images must be >= 1, got {args.calib_images}")
+    check_calibration_flags(args, int8=True)
     transform = create_transform(**{k: data_config[k] for k in ("input_size", "interpolation", "mean", "std",
                                                                  "crop_pct", "crop_mode") if k in data_config})
     images: list[Tensor] = []

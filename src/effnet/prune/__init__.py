@@ -4,6 +4,11 @@
     scores = taylor_importance(model, calibration_batches, groups)
     small, selection = prune_model(model, scores, 0.5, input_size=(3, 224, 224))
     criterion = InnerDistillationLoss(small, model, weight=1.0, keep=selection.keep)
+
+To a latency budget measured on this machine instead of MACs:
+
+    latency = measure_latency_model(model, (3, 224, 224), batch_size=1, dtype="fp32")
+    selection = fit_latency_budget(model, scores, 0.5 * latency.base_ms, latency, input_size=(3, 224, 224))
 """
 
 from .distill import InnerDistillationLoss

@@ -10,7 +10,7 @@ weights in cache, which at small inputs makes it look several times faster than 
 model. All mid groups are shrunk at once (each lives in one block), and the stage groups in two
 halves by parity, so that a block's in- and out-widths never move together: three families of
 four models (full width and three fractions), each family timed together. The prediction is
-anchored at the measured time of the whole unpruned model:
+anchored at the measured time of the whole unpruned model (its median over the same rounds):
 t(widths) = base_ms - sum over groups of ms_per_channel x (size - width).
 
 Timing avoids the usual traps of shared CPUs: warm-up calls, candidates interleaved round by round
@@ -153,11 +153,11 @@ class _ModuleClock:
 
 
 def _time_in_place(models: dict[str, EfficientNet], keys: list[str], x: Tensor, rounds: int
-                   ) -> dict[str, dict[str, float]]:
-    """Per model, the median ms of each module over `rounds` interleaved whole forward passes."""
+                   ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Per model, the median ms of each module and of the whole pass over `rounds` interleaved passes."""
     clocks = {c: _ModuleClock(m, keys) for c, m in models.items()}
-    time_calls([(lambda m=m: m(x)) for m in models.values()], rounds=rounds, max_seconds=30.0)
-    return {c: clock.medians() for c, clock in clocks.items()}
+    whole = time_calls([(lambda m=m: m(x)) for m in models.values()], rounds=rounds, max_seconds=30.0)
+    return {c: clock.medians() for c, clock in clocks.items()}, dict(zip(models, whole))
 
 
 def measure_latency_model(model: EfficientNet, input_size: tuple[int, int, int], batch_size: int = 1,
@@ -182,14 +182,16 @@ def measure_latency_model(model: EfficientNet, input_size: tuple[int, int, int],
     base = as_inference(model, dtype)
     device = base.conv_stem.weight.device
     x = torch.randn(batch_size, *input_size, device=device).to(DTYPES[dtype])
-    base_ms = time_calls([lambda: base(x)], rounds=max(rounds, 20), warmup=3, max_seconds=10.0)[0]
     ms: dict[tuple[str, str], dict[str, float]] = {}
+    full_ms: list[float] = []
     for fam in ("mid", "even", "odd"):  # four models at a time stay within oneDNN's primitive cache
         names = ["full"] + [c for c in configs if c.startswith(fam + "@")]
         with torch.no_grad():
             models = {c: as_inference(model, dtype) if c == "full" else
                       slice_model(base, {g: torch.arange(w) for g, w in configs[c].items()}) for c in names}
-        for c, row in _time_in_place(models, keys, x, rounds).items():
+        rows, whole = _time_in_place(models, keys, x, rounds)
+        full_ms.append(whole["full"])  # the anchor comes from the same rounds as the table
+        for c, row in rows.items():
             ms[fam, c] = row
     unit: dict[str, float] = {}
     table: dict[str, list[list[float]]] = {}
@@ -203,7 +205,7 @@ def measure_latency_model(model: EfficientNet, input_size: tuple[int, int, int],
     positive = [u for u in unit.values() if u > 0]
     floor = 1e-3 * (statistics.median(positive) if positive else 1e-6)
     unit = {g: max(u, floor) for g, u in unit.items()}  # a channel never makes the model faster
-    return LatencyModel(unit, sizes, base_ms, batch_size, dtype, torch.get_num_threads(), table)
+    return LatencyModel(unit, sizes, statistics.median(full_ms), batch_size, dtype, torch.get_num_threads(), table)
 
 
 def min_latency(latency: LatencyModel, model: EfficientNet) -> float:

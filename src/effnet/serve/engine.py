@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from ..errors import EffnetError
 from ..optimize import optimize_for_inference
 
-# the precisions optimize_for_inference offers that make sense for serving (int8 is not one of them yet)
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# the precisions optimize_for_inference offers that make sense for serving; int8 also needs calibration images
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
 @dataclass
@@ -130,17 +130,26 @@ class ServedModel:
         }
 
 
-def prepare(loaded: Loaded, dtype: str, max_batch: int, compile: bool = False) -> ServedModel:
+def prepare(loaded: Loaded, dtype: str, max_batch: int, compile: bool = False,
+            calibration: list[Tensor] | None = None) -> ServedModel:
     """Put a loaded model on the fast path: BatchNorm folded, static padding, channels-last, `dtype`,
-    and with `compile` torch.compile'd for each batch bucket."""
+    and with `compile` torch.compile'd for each batch bucket. int8 (quantized on `calibration`, see
+    `effnet.quantize`) is always compiled: uncompiled, its quantize/dequantize steps run one by one."""
     if dtype not in DTYPES:
         raise EffnetError(f"--dtype {dtype}: not available here; choose from {', '.join(DTYPES)}")
     model = loaded.model
     device = next(model.parameters()).device
     size = tuple(loaded.data_cfg["input_size"][1:])
-    fast = optimize_for_inference(model, dtype=DTYPES[dtype], input_size=size)
-    forward: Callable[[Tensor], tuple[Tensor, Tensor]] = _FeaturesAndLogits(fast)
-    if compile:
+    forward: Callable[[Tensor], tuple[Tensor, Tensor]]
+    if dtype == "int8":
+        from ..quantize import calibration_batches, quantize_int8
+        fp32 = optimize_for_inference(model, input_size=size, channels_last=False)
+        batches = calibration_batches(calibration, int(model.in_chans))
+        forward = quantize_int8(fp32, batches, compile=True, module=_FeaturesAndLogits(fp32))
+        compile = True
+    else:
+        forward = _FeaturesAndLogits(optimize_for_inference(model, dtype=DTYPES[dtype], input_size=size))
+    if compile and dtype != "int8":
         # the options optimize_for_inference(compile=True) uses, on the two-output forward
         forward = torch.compile(forward, dynamic=False, options={"freezing": True})
     width = int(getattr(model, "num_features", 0)) * int(model.global_pool.feat_mult())

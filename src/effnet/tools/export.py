@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..data.calibration import add_calibration_arguments, calibration_from_args
+from ..data.calibration import add_calibration_arguments, calibration_from_args, check_calibration_flags
 from ..export import FORMATS, export_model, onnx_metadata
 from ..loading import add_model_arguments, load_from_args
 from ..errors import EffnetError
@@ -44,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
     int8 = args.dtype == "int8"
     if int8 and args.format != "onnx":
         raise EffnetError(f"--dtype int8 writes ONNX only (--format onnx), not {args.format}")
-    if not int8 and (args.calib_dir or args.calib_dataset):
-        raise EffnetError("--calib-dir/--calib-dataset are for --dtype int8")
+    check_calibration_flags(args, int8)
     loaded = load_from_args(args, device="cpu")
     size = loaded.img_size
     calibration = calibration_from_args(args, loaded.data_config) if int8 else None

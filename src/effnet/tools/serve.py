@@ -8,6 +8,7 @@ import logging
 import socket
 from typing import Any
 
+from ..data.calibration import add_calibration_arguments, calibration_from_args, check_calibration_flags
 from ..errors import EffnetError
 from ..loading import add_model_arguments
 
@@ -35,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    p.add_argument("--dtype", choices=_dtypes(), default="fp32", help="inference precision (default fp32)")
+    p.add_argument("--dtype", choices=_dtypes(), default="fp32",
+                   help="inference precision (default fp32); int8 is calibrated on --calib-dir/--calib-dataset "
+                        "and always compiled (slow start)")
     p.add_argument("--max-batch", type=int, default=16, help="images per forward pass at most (default 16)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="longest an image waits for a batch to fill (default 5 ms)")
@@ -52,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch threads for the model (default: torch's choice; fewer when other work shares the CPU)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM/Ctrl-C, seconds to let requests in flight finish (default 30)")
+    add_calibration_arguments(p)
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -71,6 +75,7 @@ def _check(args: argparse.Namespace) -> None:
     for flag, value, ok, rule in checks:
         if not ok:
             raise EffnetError(f"{flag} must be {rule}; got {value}")
+    check_calibration_flags(args, int8=args.dtype == "int8")
 
 
 def _model_spec(args: argparse.Namespace) -> None:
@@ -115,7 +120,9 @@ def _serve(args: argparse.Namespace, sock: socket.socket, url: str, uvicorn: Any
         torch.set_num_threads(args.threads)
     how = args.dtype + (", compiling" if args.compile else "")
     _LOG.info("effnet serve: loading %s (%s)", args.model or args.checkpoint, how)
-    served = prepare(load(args), args.dtype, args.max_batch, compile=args.compile)
+    loaded = load(args)
+    calibration = calibration_from_args(args, loaded.data_cfg) if args.dtype == "int8" else None
+    served = prepare(loaded, args.dtype, args.max_batch, compile=args.compile, calibration=calibration)
     options = Options(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.queue_size,
                       timeout_s=args.timeout, max_bytes=int(args.max_body_mb * 1024 * 1024),
                       max_images=args.max_images, max_pixels=args.max_pixels)
