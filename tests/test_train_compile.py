@@ -82,17 +82,3 @@ def test_an_already_compiled_model_is_saved_with_plain_keys(tmp_path: Path) -> N
     fit(compiled, train_loader, val_loader, cfg, tmp_path / "run")
     assert not torch.equal(model.conv_stem.weight, before)  # the caller's model is the one trained
     assert _keys_are_plain(torch.load(tmp_path / "run" / "last.pth.tar", weights_only=True)["state_dict"])
-
-
-@pytest.mark.slow
-def test_inductor_training_matches_eager(tmp_path: Path) -> None:
-    data = make_image_folder(tmp_path / "data")
-    losses = {}
-    for backend in (None, "inductor"):
-        cfg = _cfg(data, compile=backend, model_ema=False)
-        train_loader, val_loader, classes = build_loaders(cfg)
-        torch.manual_seed(0)
-        model = effnet.create_model(TINY_MODEL, num_classes=len(classes))
-        metrics = fit(model, train_loader, val_loader, cfg, tmp_path / str(backend))
-        losses[backend] = (metrics["train_loss"], metrics["eval_loss"])
-    assert losses["inductor"] == pytest.approx(losses[None], rel=1e-3)
