@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from effnet.data.calibration import calibration_from_args
-from effnet.export import _load_runner, export_model
+from effnet.export import load_runner, export_model
 from effnet.loading import load_model
 from effnet.optimize import optimize_for_inference
 from effnet.train.config import TrainConfig
@@ -52,7 +52,7 @@ def measure(run: str, calib_images: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "int8.onnx"
         export_model(model, path, "onnx", dtype=torch.int8, calibration=calib, check=False)
-        ort, _ = _predictions(_load_runner("onnx", path), val)
+        ort, _ = _predictions(load_runner("onnx", path), val)
     top1 = lambda p: round(100.0 * (p == target).float().mean().item(), 2)  # noqa: E731
     same = lambda p: round(100.0 * (p == ref).float().mean().item(), 2)  # noqa: E731
     return {"run": run, "model": loaded.name, "images": len(target), "calibration_images": calib_images,

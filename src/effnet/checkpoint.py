@@ -15,7 +15,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .model import EfficientNetFeatures
 
 # Where training scripts keep the weights inside a checkpoint dict, most preferred first.
@@ -49,11 +49,11 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = True) -> dict[str, 
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e, type(e).__name__)
             raise CheckpointError(f"refused to load {str(path)!r}: it is not a plain weights file "
                                   f"(weights_only=True rejected it: {first})") from None
         except Exception as e:  # torch.load fails on foreign bytes in many ways (IndexError, EOFError, ...)
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            detail = first_line(e, type(e).__name__)
             raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint "
                                   f"(truncated or another format?): {detail}") from None
     return extract_state_dict(obj, str(path), use_ema)

@@ -14,7 +14,7 @@ import sys
 import traceback
 from typing import Sequence
 
-from .errors import EffnetError
+from .errors import EffnetError, first_line
 from .log import add_logging_arguments, setup_logging
 
 # Subcommands, in the order `effnet --help` lists them.
@@ -59,10 +59,10 @@ def error_line(e: BaseException) -> tuple[str, int]:
     if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
         return describe_os_error(e, verb="use"), 1
     if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
+        first = first_line(e, "out of memory")
         return (f"out of memory ({first}); lower --batch-size or --img-size, or use a machine with more "
                 "memory"), 1
-    detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    detail = first_line(e)
     return (f"internal error {type(e).__name__}{': ' + detail if detail else ''} (a bug in effnet; run again "
             "with --debug for the traceback and report it)"), 1
 

@@ -18,3 +18,9 @@ class CheckpointError(EffnetError, ValueError):
 
 class PretrainedUnavailableError(EffnetError, RuntimeError):
     """Pretrained weights that could not be found or fetched from any source."""
+
+
+def first_line(error: BaseException, default: str = "") -> str:
+    """The first line of an exception's message (libraries raise multi-line ones), or `default`."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else default

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from . import outputs
-from .errors import EffnetError
+from .errors import EffnetError, first_line
 from .extras import require
 from .optimize import optimize_for_inference
 from .quantize import calibration_batches
@@ -89,7 +89,7 @@ def _quantize_onnx(fp32_path: str, path: str, batches: list[Tensor]) -> None:
 def verify_int8(path: Path, model: nn.Module, batches: list[Tensor], min_agreement: float = 0.9) -> dict[str, float]:
     """Run an int8 ONNX file on the calibration images against the fp32 model: the share of identical
     top-1 predictions and the max relative logit error. Refuses a file whose predictions mostly differ."""
-    run = _load_runner("onnx", path)
+    run = load_runner("onnx", path)
     same = total = 0
     err = 0.0
     with torch.no_grad():
@@ -108,7 +108,8 @@ def verify_int8(path: Path, model: nn.Module, batches: list[Tensor], min_agreeme
     return {"agreement": agreement, "max_rel_err": err, "images": float(total)}
 
 
-def _load_runner(fmt: str, path: Path) -> Callable[[Tensor], Tensor]:
+def load_runner(fmt: str, path: Path) -> Callable[[Tensor], Tensor]:
+    """A function running an exported file (onnx via onnxruntime, torchscript, pt2) on a batch."""
     if fmt == "onnx":
         ort = require("onnxruntime", extra="export", purpose="verifying an ONNX export")
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -125,11 +126,11 @@ def verify(fmt: str, path: Path, model: nn.Module, img_size: tuple[int, int], ba
            rtol: float = 1e-4) -> dict[int, float]:
     """Run the exported file and `model` on the same random input per batch size; max relative error."""
     try:
-        run = _load_runner(fmt, path)
+        run = load_runner(fmt, path)
     except EffnetError:
         raise
     except Exception as e:  # noqa: BLE001 - a file its own runtime cannot load is a failed export
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        detail = first_line(e)
         raise ExportError(f"the exported {fmt} file cannot be loaded back ({type(e).__name__}: {detail})") from e
     g = torch.Generator().manual_seed(0)
     errors: dict[int, float] = {}

@@ -34,6 +34,8 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_calibration_flags(args: argparse.Namespace, int8: bool) -> None:
     """At parse time, before any model loads: int8 needs calibration images, and only int8 takes them."""
+    if args.calib_dir and args.calib_dataset:
+        raise EffnetError("--calib-dir and --calib-dataset both name calibration data; give only one")
     given = bool(args.calib_dir or args.calib_dataset)
     if given and not int8:
         raise EffnetError("--calib-dir/--calib-dataset are for --dtype int8")
@@ -48,8 +50,6 @@ def calibration_from_args(args: argparse.Namespace, data_config: Mapping[str, An
                           batch_size: int = 32) -> list[Tensor]:
     """The calibration batches the flags name, preprocessed as `data_config` says. Unreadable images are
     skipped and counted in one log line; none readable is an error."""
-    if args.calib_dir and args.calib_dataset:
-        raise EffnetError("--calib-dir and --calib-dataset both name calibration data; give only one")
     check_calibration_flags(args, int8=True)
     transform = create_transform(**{k: data_config[k] for k in ("input_size", "interpolation", "mean", "std",
                                                                  "crop_pct", "crop_mode") if k in data_config})

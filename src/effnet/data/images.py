@@ -15,7 +15,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import EffnetError
+from ..errors import EffnetError, first_line
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm", ".pnm"})
@@ -115,7 +115,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     except Image.UnidentifiedImageError:
         raise ImageLoadError(f"{path}: not an image file (or a format Pillow cannot read)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        detail = first_line(e, type(e).__name__)
         if "truncated" in detail or isinstance(e, EOFError):
             detail = f"truncated or damaged image data ({detail})"
         raise ImageLoadError(f"{path}: cannot read image: {detail}") from None

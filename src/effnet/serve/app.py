@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ..errors import first_line
 from .batcher import DynamicBatcher, QueueFull, ShuttingDown, answer
 from .engine import ServedModel
 from .inputs import Limits, RequestError, Upload, decode, parse_top_k, read_uploads
@@ -80,7 +81,7 @@ class Server:
         try:
             await asyncio.to_thread(self.served.warm_up, self.options.max_batch)
         except Exception as e:  # e.g. out of memory at --max-batch: say so instead of never becoming ready
-            self.failure = f"warm-up failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+            self.failure = f"warm-up failed: {type(e).__name__}: {first_line(e)}"
             if self.on_failure is not None:
                 self.on_failure(self.failure)
             return

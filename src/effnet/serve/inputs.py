@@ -19,6 +19,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from ..data.images import to_rgb
+from ..errors import first_line
 
 
 class RequestError(Exception):
@@ -162,7 +163,7 @@ def decode(upload: Upload, max_pixels: int) -> Image.Image:
             img.load()
             return to_rgb(ImageOps.exif_transpose(img))
         except Exception as e:  # decoders raise many types on damaged data; each is the upload's fault
-            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            detail = first_line(e, type(e).__name__)
             raise RequestError(400, f"{upload.name}: damaged image data ({detail})") from None
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import outputs
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 
 # Entries every resumable checkpoint has; a file without them is a weights file, not a run.
 RESUME_KEYS = ("state_dict", "optimizer", "scheduler", "epoch", "step", "rng_state")
@@ -75,11 +75,11 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e, type(e).__name__)
         raise CheckpointError(f"resume checkpoint {str(path)!r} holds objects other than tensors and plain "
                               f"values: {first}") from None
     except Exception as e:  # truncated zip, foreign bytes: torch raises many exception types
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        detail = first_line(e, type(e).__name__)
         raise CheckpointError(f"resume checkpoint {str(path)!r} is corrupt or not a PyTorch checkpoint "
                               f"(truncated?): {detail}") from None
     if not isinstance(obj, dict):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import EffnetError
+from ..errors import EffnetError, first_line
 from ..extras import require
 from .config import TrainConfig
 
@@ -91,7 +91,7 @@ class MLflowTracker:
         except Exception as e:  # noqa: BLE001 - MLflow's store errors come in many types
             where = cfg.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or "MLflow's default store"
             raise EffnetError(f"--log-mlflow: cannot use the tracking store {where}: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+                              f"{first_line(e)}") from None
 
     def _previous_run(self, experiment_id: str, run_dir: str) -> str | None:
         """The run a resumed training run logged to before, if the store still has it."""
