@@ -139,7 +139,7 @@ def test_compiles_without_graph_breaks() -> None:
                     reason="torch.compile's CPU backend needs a C++ compiler")
 def test_compile_option_matches_plain_model() -> None:
     """compile=True (inductor with frozen weights) gives the plain model's fp32 logits up to the
-    compiler's reordered sums, and still refuses training. A one-block-per-stage CondConv model
+    compiler's reordered sums, really freezes, and still refuses training. A one-block-per-stage CondConv model
     keeps the compile short while covering every block kind."""
     cfg = dataclasses.replace(effnet.get_config("tf_efficientnet_cc_b0_4e"), depth_mult=0.1)
     model = effnet.build_model(cfg).eval()
@@ -149,6 +149,10 @@ def test_compile_option_matches_plain_model() -> None:
     try:
         with torch.inference_mode():
             assert _rel(fast(x), model(x)) <= 1e-4
+            with torch.profiler.profile() as prof:
+                fast(x)
+        # frozen: the static convs run on weights inductor prepacked for oneDNN
+        assert any(e.name == "mkldnn::_convolution_pointwise" for e in prof.events())
         with pytest.raises(EffnetError):
             fast.train()
     finally:

@@ -49,6 +49,24 @@ def test_int8_close_to_fp32(synthetic_b1: torch.nn.Module) -> None:
     assert not any(isinstance(m, torch.nn.Identity) for m in synthetic_b1.modules())
 
 
+def test_pointwise_expert_bank_matches_condconv() -> None:
+    """int8 runs CondConv's pointwise convs as one static conv over the expert bank plus the routing-
+    weighted sum (the E copies on the narrower side): in fp32 the same as the per-sample kernels."""
+    from effnet.layers import CondConv2d
+    from effnet.quantize import PointwiseExpertBank
+    g = torch.Generator().manual_seed(3)
+    for cin, cout in ((8, 24), (24, 8)):  # expanding: E*I inputs; projecting: E*O outputs
+        conv = CondConv2d(cin, cout, 1, experts=4).eval()
+        conv.bias = torch.nn.Parameter(torch.randn(cout, generator=g), requires_grad=False)
+        bank = PointwiseExpertBank(conv)
+        x, routing = torch.randn(3, cin, 5, 5, generator=g), torch.rand(3, 4, generator=g)
+        with torch.no_grad():
+            torch.testing.assert_close(bank(x, routing), conv(x, routing), rtol=1e-5, atol=1e-5)
+        assert bank.conv.in_channels * bank.conv.out_channels == 4 * cin * cout
+    with pytest.raises(ValueError, match="1x1"):
+        PointwiseExpertBank(CondConv2d(8, 8, 3, groups=8))
+
+
 def test_int8_refusals(synthetic_b1: torch.nn.Module) -> None:
     with pytest.raises(EffnetError, match="calibration"):
         optimize_for_inference(synthetic_b1, dtype=torch.int8)
@@ -134,8 +152,8 @@ def test_serve_int8_features_and_probabilities(synthetic_b1: torch.nn.Module) ->
 @pytest.mark.slow
 @pytest.mark.parametrize("name", effnet.list_models())
 def test_int8_every_model(name: str) -> None:
-    """Every registered model quantizes (CondConv ones with their per-sample convs in fp32) and stays
-    close to fp32 on its synthetic weights."""
+    """Every registered model quantizes (CondConv ones with their pointwise convs as expert banks)
+    and stays close to fp32 on its synthetic weights."""
     model = effnet.create_model(name)
     model.load_state_dict(parity_state_dict(name))
     model.eval()
@@ -144,3 +162,18 @@ def test_int8_every_model(name: str) -> None:
     with torch.no_grad():
         ref, out = model(x), q(x)
     assert ((out - ref).abs().max() / ref.abs().max()).item() < 0.2
+
+
+@pytest.mark.slow
+def test_int8_condconv_compiled() -> None:
+    """Compiled, a CondConv model's int8 program (its pointwise convs as int8 expert banks) stays
+    close to fp32 at batch 1 and 3."""
+    model = effnet.create_model("tf_efficientnet_cc_b0_4e")
+    model.load_state_dict(parity_state_dict("tf_efficientnet_cc_b0_4e"))
+    model.eval()
+    q = optimize_for_inference(model, dtype=torch.int8, calibration=_batches(2, batch=4), compile=True)
+    with torch.no_grad():
+        for batch in (1, 3):
+            x = _batches(1, batch=batch, seed=11)[0]
+            ref, out = model(x), q(x)
+            assert ((out - ref).abs().max() / ref.abs().max()).item() < 0.2

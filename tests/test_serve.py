@@ -191,6 +191,20 @@ def test_bf16_path_and_padded_batches(model_dir: Path) -> None:
     assert feats_padded.shape == feats.shape and torch.allclose(probs_padded, probs, atol=1e-5)
 
 
+@pytest.mark.slow  # inductor compiles the two-output forward for each batch bucket
+def test_compiled_fp32_matches_eager(model_dir: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    loaded = load(parser.parse_args(["--model", f"local-dir:{model_dir}", "--device", "cpu"]))
+    x = torch.stack([loaded.transform(Image.open(io.BytesIO(d)).convert("RGB")) for d in distinct_images(2)])
+    feats, probs = prepare(loaded, "fp32", 2).run(x)
+    compiled = prepare(loaded, "fp32", 2, compile=True)
+    assert compiled.compiled and compiled.buckets == (1, 2)
+    feats_c, probs_c = compiled.run(x)
+    assert torch.allclose(probs_c, probs, atol=1e-4)
+    assert ((feats_c - feats).norm() / feats.norm()).item() < 1e-4
+
+
 # ---- errors and limits ----
 
 def _bomb_header_png(width: int, height: int) -> bytes:

@@ -131,8 +131,9 @@ def optimize_for_inference(model: nn.Module, *, dtype: torch.dtype = torch.float
     - `dtype=torch.int8` quantizes the folded fp32 copy with PyTorch's post-training quantization
       (PT2E, x86 inductor quantizer; needs `effnet[int8]`): `calibration` is an iterable of
       preprocessed input batches, or of (input, target) pairs as a DataLoader yields them, which
-      also fixes the input size. Static convs and the classifier run in int8, CondConv's per-sample
-      convs in fp32 (see `effnet.quantize`); use `compile=True`, without which int8 is slower than fp32.
+      also fixes the input size. Static convs, the classifier and CondConv's pointwise convs (as
+      expert banks) run in int8, CondConv's depthwise convs in fp32 (see `effnet.quantize`); use
+      `compile=True`, without which int8 is slower than fp32.
 
     fp32 results match the plain model within 1e-5 relative. The copy works with torch.compile
     (no graph breaks) and any batch size. Calling `.train()` on it raises EffnetError.
@@ -179,7 +180,25 @@ def optimize_for_inference(model: nn.Module, *, dtype: torch.dtype = torch.float
     out.input_dtype = dtype
     out.input_format = torch.channels_last if channels_last else torch.contiguous_format
     if compile:
-        # freezing lets inductor constant-fold the folded weights and prepack them for its conv/GEMM kernels;
-        # static shapes, because a dynamic batch dimension costs those kernels their fixed blocking
-        return torch.compile(out, dynamic=False, options={"freezing": True})  # type: ignore[return-value]
+        for m in out.modules():
+            if isinstance(m, CondConv2d):
+                m.dynamic_batch = False  # compiled with static shapes: see CondConv2d
+        return compile_frozen(out)
     return out
+
+
+def compile_frozen(module: nn.Module) -> nn.Module:
+    """`torch.compile` (inductor, static shapes) with weight freezing, for inference under `torch.no_grad()`
+    or `torch.inference_mode()`: inductor constant-folds the weights and prepacks them for oneDNN's conv
+    and GEMM kernels. Static shapes, because a dynamic batch dimension costs those kernels their blocking."""
+    compiled = torch.compile(module, dynamic=False)
+    forward = compiled.forward
+
+    def frozen_forward(*args: Any, **kwargs: Any) -> Any:
+        # inductor decides on freezing when a call compiles, and torch.compile(options={"freezing": True})
+        # does not reach that decision (torch 2.13): patched per call, never set for the user's other models
+        from torch._inductor import config as inductor  # imported here: importing the compiler takes seconds
+        with inductor.patch(freezing=True):
+            return forward(*args, **kwargs)
+    compiled.forward = frozen_forward
+    return compiled  # type: ignore[return-value]

@@ -12,6 +12,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .optimize import compile_frozen
+
 
 PEERS = ("reference", "onnxruntime")
 
@@ -41,8 +43,8 @@ def missing_reason(peer: str) -> str:
 
 
 def compile_like_effnet(model: nn.Module) -> nn.Module:
-    """torch.compile with the options optimize_for_inference(compile=True) uses."""
-    return torch.compile(model, dynamic=False, options={"freezing": True})  # type: ignore[return-value]
+    """torch.compile as optimize_for_inference(compile=True) does it (inductor, static shapes, weight freezing)."""
+    return compile_frozen(model)
 
 
 def reference_models(name: str, state_dict: dict[str, Tensor], device: torch.device,

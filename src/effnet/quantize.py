@@ -7,9 +7,13 @@ inductor lowers each quantize -> conv -> dequantize pattern to one oneDNN int8 c
 where the CPU has them).
 
 CondConv's convolutions are not static: their kernel is mixed per sample from the expert bank at run
-time, so the quantizer leaves them (and their routing) in fp32, and only the static convs (stem, head,
-the stages before the first CondConv block) and the classifier run in int8. Squeeze-and-excitation
-convs stay fp32 in every model (see `_squeeze_excite_convs`).
+time, which the quantizer cannot see. Its pointwise convs (nearly all of its MACs) are swapped, in the
+inference copy before export, for `PointwiseExpertBank`: one static conv over all experts, then the
+routing-weighted sum, so they run in int8 like the static convs (E times the MACs, but in int8 that
+is faster than the fp32 per-sample convs). Its depthwise convs and routing stay fp32. Squeeze-and-
+excitation convs stay fp32 in every model (see `_squeeze_excite_convs`). scripts/condconv_int8_options.py
+measures this against the alternatives (every CondConv conv as a bank; each sample's mixed kernel
+quantized at run time; CondConv left in fp32).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from torch import Tensor, nn
 
 from .errors import EffnetError
 from .extras import require
-from .layers import Conv2dSame, SqueezeExcite
+from .layers import CondConv2d, Conv2dSame, SqueezeExcite
 
 
 def calibration_batches(calibration: Iterable[Any] | None, in_chans: int) -> list[Tensor]:
@@ -110,13 +114,61 @@ def _squeeze_excite_convs(model: nn.Module) -> list[str]:
             for conv in ("conv_reduce", "conv_expand")]
 
 
+class PointwiseExpertBank(nn.Module):
+    """A pointwise `CondConv2d` (BatchNorm folded) as one static conv over its expert bank, which
+    PT2E quantizes like any other conv (a oneDNN int8 conv once compiled). CondConv is linear in its
+    weights, conv(x, sum_e r_e W_e) = sum_e r_e conv(x, W_e), so this is exact in fp32, at E times the
+    MACs; the E copies go on the narrower side: an expanding conv takes the input once per expert,
+    scaled by its routing weight (E*I channels in), a projecting one gives E*O channels out, summed
+    with the routing weights. Inference only."""
+
+    def __init__(self, conv: CondConv2d) -> None:
+        super().__init__()
+        if conv.kernel != 1 or conv.groups != 1:
+            raise ValueError("PointwiseExpertBank: a 1x1, ungrouped CondConv2d only")
+        e, o, i = conv.experts, conv.out_chs, conv.in_chs
+        self.experts, self.out_chs, self.expand_input = e, o, i <= o
+        bank = conv.weight.detach().view(e, o, i)
+        bias = conv.bias.detach() if conv.bias is not None else bank.new_zeros(o)
+        if self.expand_input:
+            self.conv = nn.Conv2d(e * i, o, 1, bias=True)
+            weight = bank.permute(1, 0, 2).reshape(o, e * i)
+        else:
+            self.conv = nn.Conv2d(i, e * o, 1, bias=False)
+            weight = bank.reshape(e * o, i)
+        with torch.no_grad():
+            self.conv.weight.copy_(weight.view(*weight.shape, 1, 1))
+            if self.expand_input:
+                self.conv.bias.copy_(bias)
+        self.bias = None if self.expand_input else nn.Parameter(bias, requires_grad=False)
+        self.requires_grad_(False)
+
+    def forward(self, x: Tensor, routing: Tensor) -> Tensor:
+        b, e = x.shape[0], self.experts
+        if self.expand_input:
+            scaled = x.unsqueeze(1) * routing.view(b, e, 1, 1, 1).to(x.dtype)  # (B, E, I, H, W)
+            return self.conv(scaled.flatten(1, 2))
+        y = self.conv(x)
+        y = y.view(b, e, self.out_chs, y.shape[2], y.shape[3]) * routing.view(b, e, 1, 1, 1).to(y.dtype)
+        return y.sum(1) + self.bias.view(1, -1, 1, 1)
+
+
+def _pointwise_expert_banks(model: nn.Module) -> None:
+    """Swap every pointwise CondConv2d of `model` (an inference copy) for a PointwiseExpertBank."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, CondConv2d) and child.kernel == 1 and child.groups == 1:
+                setattr(module, name, PointwiseExpertBank(child))
+
+
 @torch.no_grad()
 def quantize_int8(model: nn.Module, batches: list[Tensor], compile: bool = True,
                   module: nn.Module | None = None) -> QuantizedEfficientNet:
     """Quantize an fp32, BatchNorm-folded, contiguous inference copy (see `optimize_for_inference`) to int8,
     calibrated on `batches` (from `calibration_batches`), which fix the input (H, W). `module`, when
     given, is what gets quantized instead of `model` itself: a wrapper around `model` with other
-    outputs (the server's features and logits in one pass)."""
+    outputs (the server's features and logits in one pass). `model` is changed: its pointwise
+    CondConv convs become `PointwiseExpertBank`s."""
     quantize_pt2e = require("torchao.quantization.pt2e.quantize_pt2e", extra="int8", purpose="int8 quantization")
     x86 = require("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer", extra="int8",
                   purpose="int8 quantization")
@@ -126,6 +178,7 @@ def quantize_int8(model: nn.Module, batches: list[Tensor], compile: bool = True,
     # batch 2 to record: a batch of 1 would be specialised into the graph as a constant
     example = first[:2] if first.shape[0] >= 2 else first.expand(2, -1, -1, -1)
     batch = torch.export.Dim("batch", min=1, max=4096)
+    _pointwise_expert_banks(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # export's and the quantizer's deprecation chatter
         try:

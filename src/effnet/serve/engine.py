@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import EffnetError
-from ..optimize import optimize_for_inference
+from ..optimize import compile_frozen, optimize_for_inference
 
 # the precisions optimize_for_inference offers that make sense for serving; int8 also needs calibration images
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
@@ -150,8 +150,8 @@ def prepare(loaded: Loaded, dtype: str, max_batch: int, compile: bool = False,
     else:
         forward = _FeaturesAndLogits(optimize_for_inference(model, dtype=DTYPES[dtype], input_size=size))
     if compile and dtype != "int8":
-        # the options optimize_for_inference(compile=True) uses, on the two-output forward
-        forward = torch.compile(forward, dynamic=False, options={"freezing": True})
+        # compiled as optimize_for_inference(compile=True) compiles, on the two-output forward
+        forward = compile_frozen(forward)
     width = int(getattr(model, "num_features", 0)) * int(model.global_pool.feat_mult())
     return ServedModel(loaded.name, loaded.labels, loaded.data_cfg, loaded.transform, dtype, str(device), width,
                        forward, buckets=batch_buckets(max_batch) if compile else None, compiled=compile)
