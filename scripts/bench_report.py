@@ -276,7 +276,7 @@ def render(figures: Figures, trained: dict[str, dict[str, float]] | None = None)
              "worst figure over the models and batch sizes measured:", "", *targets, "",
              "Regenerate in two steps: measure in the side environment of the reference implementation "
              "(`../shared/reference/setup-reference-env.sh DIR`, then `DIR/bin/pip install onnx onnxruntime "
-             "onnxscript torchao`; this run took 27 minutes for the two models on 2 cores with "
+             "onnxscript torchao`; this run took 14 minutes for the two models on 2 cores with "
              "`--train-modes eager`, compiled training adds about 15 minutes per model), then render with the "
              "project's `.venv`, which also measures the bf16 error of digits-trained checkpoints "
              "(`scripts/demo.py --model NAME --output DIR` trains one):", "", "```",
