@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 MODELS = ("tf_efficientnet_cc_b0_4e", "efficientnet_b1_pruned")
-# oneDNN reads this when it creates its first primitive: set before anything runs a conv
+# oneDNN reads this when it creates its first primitive, PyTorch THP_MEM_ALLOC_ENABLE at its first large
+# allocation: both set before anything runs (as `effnet benchmark` sets them), for every candidate alike
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import kernels
 from . import peers as peer_models
 from .errors import EffnetError
 from .extras import require
@@ -241,6 +242,8 @@ def train_step_fn(model: nn.Module, batch: int, size: int, device: torch.device,
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.train().to(device=device, memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    if compiled:
+        kernels.load()  # a graph being traced uses the native kernels only once they are loaded
     forward = torch.compile(model) if compiled else model
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (batch,), device=device)

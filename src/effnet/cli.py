@@ -16,6 +16,7 @@ from typing import Sequence
 
 from .errors import EffnetError, first_line
 from .log import add_logging_arguments, setup_logging
+from .process import use_huge_pages
 
 # Subcommands, in the order `effnet --help` lists them.
 TOOLS = ("list", "info", "predict", "embed", "train", "finetune", "validate", "prune", "upcycle", "routing", "benchmark",
@@ -69,6 +70,7 @@ def error_line(e: BaseException) -> tuple[str, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script and of `python -m effnet`."""
+    use_huge_pages()  # before any model is built (see effnet.process)
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, quiet=args.quiet, prefix=f"effnet {args.command}: ")
     try:

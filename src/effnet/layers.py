@@ -9,6 +9,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
+
 # What FX tracing must not enter, registered as timm registers its notrace lists: functions here are
 # also wrapped with torch.fx.wrap (so plain torch.fx.symbolic_trace records them as calls), and
 # effnet's FX feature extraction treats both as leaves. They branch on input sizes or memory layout,
@@ -76,21 +78,36 @@ def _static_or_same_pad(x: Tensor, kernel: int, stride: int, static_pad: Optiona
     return pad_same(x, kernel, stride)
 
 
+@torch.jit.unused
+def _native_depthwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], kernel: int, stride: int,
+                      per_sample: bool) -> Optional[Tensor]:
+    """The 'SAME' depthwise conv from effnet's native kernels where they apply (`effnet.kernels.wanted`: on the
+    CPU, channels-last), else None: the caller's own formulation runs."""
+    if not kernels.wanted(x, weight, per_sample):
+        return None
+    from .kernels.depthwise import depthwise_conv2d  # imported here: that module imports this one
+    return depthwise_conv2d(x, weight, bias, kernel, stride, per_sample)
+
+
 @register_notrace_function
 @torch.fx.wrap
-def condconv_pointwise(x: Tensor, weight: Tensor, bias: Optional[Tensor], out_chs: int) -> Tensor:
-    """Per-sample 1x1 conv as one batched matmul, in whichever memory format `x` has
-    (channels-last inputs give channels-last outputs without a copy). `weight`: (B, O*I)."""
+def condconv_pointwise(x: Tensor, routing: Tensor, bank: Tensor, bias: Optional[Tensor], out_chs: int) -> Tensor:
+    """Per-sample 1x1 conv as one batched matmul, in whichever memory format `x` has (channels-last inputs
+    give channels-last outputs without a copy). Each sample's kernel is `routing` (B, E) @ `bank` (E, O*I)."""
     B, C, H, W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
-    w = weight.view(B, out_chs, C)  # (B, O, I)
+    E = bank.shape[0]
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         # (B, H*W, I) @ (B, I, O): the channels-last memory is already (B, H*W, C)
-        flat = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
-        if bias is None:
-            out = torch.bmm(flat, w.transpose(1, 2))
+        if torch.is_grad_enabled() and bank.requires_grad and B > E:
+            # in training the kernels are mixed in (I, O) order: the gradient of (B, O, I) kernels taken
+            # transposed would be copied back in full, and transposing the bank moves B/E times fewer numbers
+            w = (routing @ bank.view(E, out_chs, C).transpose(1, 2).reshape(E, C * out_chs)).view(B, C, out_chs)
         else:
-            out = torch.baddbmm(bias.view(1, 1, -1), flat, w.transpose(1, 2))
+            w = (routing @ bank).view(B, out_chs, C).transpose(1, 2)  # (B, I, O), a view the matmul takes as is
+        flat = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+        out = torch.bmm(flat, w) if bias is None else torch.baddbmm(bias.view(1, 1, -1), flat, w)
         return out.view(B, H, W, out_chs).permute(0, 3, 1, 2)
+    w = (routing @ bank).view(B, out_chs, C)  # (B, O, I)
     flat = x.reshape(B, C, H * W)
     if bias is None:
         out = torch.bmm(w, flat)  # (B, O, I) @ (B, I, H*W)
@@ -152,6 +169,7 @@ class Conv2dSame(nn.Conv2d):
         super().__init__(in_chs, out_chs, kernel, stride, padding=(kernel - 1) // 2 if stride == 1 else 0,
                          groups=groups, bias=bias)
         self.dynamic_pad = stride > 1
+        self.depthwise = groups == in_chs == out_chs and groups > 1
         self.static_pad = None
         self.static_size = None
 
@@ -164,6 +182,10 @@ class Conv2dSame(nn.Conv2d):
         self.static_pad, self.static_size = (left, right, top, bottom), (height, width)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.depthwise and not torch.jit.is_scripting():
+            y = _native_depthwise(x, self.weight, self.bias, self.kernel_size[0], self.stride[0], False)
+            if y is not None:
+                return y
         if self.dynamic_pad:
             x = _static_or_same_pad(x, self.kernel_size[0], self.stride[0], self.static_pad, self.static_size)
         return self._conv_forward(x, self.weight, self.bias)
@@ -179,7 +201,9 @@ class CondConv2d(nn.Module):
 
     - pointwise convs are one batched matmul, in whichever memory format the input has
       (channels-last inputs give channels-last outputs without a copy);
-    - depthwise convs are one grouped conv over batch * channels in eager mode; while a graph is
+    - depthwise convs of channels-last inputs on the CPU run in effnet's native kernels where they are
+      built (`effnet.kernels`): channels-last, no per-sample grouping;
+    - otherwise depthwise convs are one grouped conv over batch * channels in eager mode; while a graph is
       being recorded (torch.compile, export) they are a sum over the k*k kernel taps of shifted
       inputs times per-sample tap weights, which has no batch-sized group count, so the batch
       dimension stays dynamic (and the compiler fuses the taps into one loop). A compiled inference
@@ -219,13 +243,18 @@ class CondConv2d(nn.Module):
             self.static_pad, self.static_size = (left, right, top, bottom), (height, width)
 
     def forward(self, x: Tensor, routing: Tensor) -> Tensor:
-        weight = routing.to(self.weight.dtype) @ self.weight  # (B, E) @ (E, O*I*k*k) -> (B, O*I*k*k)
+        routing = routing.to(self.weight.dtype)
         if self.kernel == 1 and self.groups == 1:
-            return condconv_pointwise(x, weight, self.bias, self.out_chs)
+            return condconv_pointwise(x, routing, self.weight, self.bias, self.out_chs)
+        weight = routing @ self.weight  # (B, E) @ (E, O*I*k*k) -> (B, O*I*k*k)
+        depthwise = self.groups == self.in_chs and self.in_chs == self.out_chs
+        if depthwise and not torch.jit.is_scripting():
+            y = _native_depthwise(x, weight, self.bias, self.kernel, self.stride, True)
+            if y is not None:
+                return y
         if self.stride > 1:
             x = _static_or_same_pad(x, self.kernel, self.stride, self.static_pad, self.static_size)
         pad = (self.kernel - 1) // 2 if self.stride == 1 else 0
-        depthwise = self.groups == self.in_chs and self.in_chs == self.out_chs
         if depthwise and self.dynamic_batch and not torch.jit.is_scripting() and _tracing():
             return condconv_depthwise_taps(x, weight, self.bias, self.kernel, self.stride, pad)
         return condconv_grouped(x, weight, self.bias, self.out_chs, self.groups, self.kernel, self.stride, pad)

@@ -12,6 +12,9 @@ from typing import Callable
 
 import torch
 
+from . import kernels
+from .process import HUGE_PAGES, huge_pages
+
 # the instruction sets that give bf16 or int8 their speed (as /proc/cpuinfo names them)
 UNITS = ("avx512_bf16", "amx_bf16", "avx512_vnni", "amx_int8", "avx_vnni")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -98,7 +101,7 @@ def describe(threads: int, peaks: dict[str, float | None] | None = None) -> str:
     unit_text = "unknown" if units is None else ", ".join(units) or "none"
     cache_cap = os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024 (default)")
     line = (f"{cpu_name()}, {threads} thread{'' if threads == 1 else 's'}, torch {torch.__version__}, bf16/int8 units: {unit_text}, "
-            f"ONEDNN_PRIMITIVE_CACHE_CAPACITY={cache_cap}")
+            f"ONEDNN_PRIMITIVE_CACHE_CAPACITY={cache_cap}, {HUGE_PAGES}={huge_pages()}, native kernels {kernels.status()}")
     if peaks:
         line += ", matmul peak GFLOP/s " + ", ".join(
             f"{p} {'n/a' if peaks.get(p) is None else format(peaks[p], '.0f')}" for p in PRECISIONS)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.samples import SkipReport, unreadable_of
+from .. import kernels
 from ..errors import EffnetError
 from ..log import ensure_logging
 from . import distributed as D
@@ -171,7 +172,10 @@ def _wrap(model: nn.Module, info: D.DistInfo, backend: str | None) -> nn.Module:
         # each rank keeps its own BatchNorm statistics; average_bn_stats merges them before validation
         net = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                                       broadcast_buffers=False)
-    return torch.compile(net, backend=backend) if backend else net
+    if backend:
+        kernels.load()  # built before compiling: a graph being traced uses the native kernels only if loaded
+        return torch.compile(net, backend=backend)
+    return net
 
 
 def fit(model: nn.Module, train_loader: Any, val_loader: Any, cfg: TrainConfig, output_dir: str | Path, *,
