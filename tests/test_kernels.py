@@ -155,3 +155,17 @@ def test_where_the_native_path_is_taken() -> None:
         assert not kernels.wanted(cl.double(), w, per_sample)
         assert not kernels.wanted(torch.randn(2, 8, 1, 1).contiguous(memory_format=CL), w, per_sample)
     assert not kernels.wanted(cl, w.detach(), False)
+
+
+@needs_kernels
+@pytest.mark.parametrize("per_sample", [False, True], ids=["static", "per-sample"])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[5]], ids=lambda s: "x".join(map(str, s)))
+def test_custom_op_passes_opcheck(shape: tuple[int, ...], per_sample: bool) -> None:
+    """torch.library.opcheck: schema, fake (meta) functions with the real outputs' strides, autograd
+    registration; the weight channels-last as `model.to(memory_format=channels_last)` leaves it."""
+    from effnet.kernels.depthwise import depthwise_conv2d_op
+    B, C, H, W, k, s = shape
+    x = torch.randn(B, C, H, W).contiguous(memory_format=CL).requires_grad_()
+    w = torch.randn(B, C * k * k) if per_sample else torch.randn(C, 1, k, k).contiguous(memory_format=CL)
+    bias = torch.randn(C) if per_sample else None
+    torch.library.opcheck(depthwise_conv2d_op, (x, w.requires_grad_(), bias, k, s, per_sample))

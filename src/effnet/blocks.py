@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import BlockSpec
-from .layers import Conv2dSame, DropPath, Routing, SqueezeExcite, make_conv
+from .layers import Conv2dSame, DropPath, Routing, SqueezeExcite, make_conv, mean_hw
 
 
 def batch_norm(chs: int, eps: float, momentum: float) -> nn.BatchNorm2d:
@@ -80,7 +80,7 @@ class InvertedResidual(nn.Module):
     def routing(self, x: Tensor) -> Tensor:
         """Per-sample expert weights in (0, 1): (B, C, H, W) -> (B, E)."""
         assert self.routing_fn is not None
-        return torch.sigmoid(self.routing_fn(x.mean((2, 3))))
+        return torch.sigmoid(self.routing_fn(mean_hw(x)))
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
+from . import kernels
 from .errors import EffnetError
 from .layers import CondConv2d, Conv2dSame
 from .model import EfficientNet, EfficientNetFeatures
@@ -183,6 +184,7 @@ def optimize_for_inference(model: nn.Module, *, dtype: torch.dtype = torch.float
         for m in out.modules():
             if isinstance(m, CondConv2d):
                 m.dynamic_batch = False  # compiled with static shapes: see CondConv2d
+        kernels.load()  # a graph being traced uses the native kernels only once they are loaded
         return compile_frozen(out)
     return out
 

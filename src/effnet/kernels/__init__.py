@@ -153,6 +153,8 @@ def wanted(x: torch.Tensor, weight: torch.Tensor, per_sample: bool) -> bool:
     if (loaded() if torch.compiler.is_compiling() else load()) is None:
         return False
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    # strictly channels-last: a 1x1 map is both layouts at once, and an NCHW model keeps PyTorch's convs
-    return dtype in (torch.float32, torch.bfloat16) and x.is_contiguous(memory_format=torch.channels_last) \
-        and not x.is_contiguous()
+    # channels-last, told by the channel stride alone: under torch.compile with dynamic shapes a full
+    # contiguity test is a symbolic expression per conv, and a graph of them swamps the compiler. A 1x1 map
+    # is both layouts at once, so an NCHW model keeps PyTorch's convs there too.
+    return dtype in (torch.float32, torch.bfloat16) and x.stride(1) == 1 and x.shape[1] > 1 \
+        and x.shape[2] * x.shape[3] > 1

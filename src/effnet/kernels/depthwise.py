@@ -43,6 +43,15 @@ def _taps(weight: Tensor, per_sample: bool, batch: int, chs: int, kernel: int) -
     return weight.reshape(batch if per_sample else 1, chs, kernel * kernel).transpose(1, 2).float().contiguous()
 
 
+def _like(t: Tensor, layout: Tensor | None = None) -> Tensor:
+    """`t` with the exact strides the fake (meta) functions promise: those of `layout`, or channels-last.
+    Compiled graphs check them, size-1 dimensions included."""
+    want = torch.empty_like(layout) if layout is not None else torch.empty(t.shape, dtype=t.dtype, memory_format=_CL)
+    if want.stride() == t.stride():
+        return t
+    return want.copy_(t)
+
+
 def _call(fn: str, dtype: torch.dtype, *tensors: Tensor | None, per_sample: bool, dims: tuple[int, ...]) -> None:
     lib = load()
     assert lib is not None, "effnet native kernels are not loaded"
@@ -63,7 +72,7 @@ def depthwise_conv2d_op(x: Tensor, weight: Tensor, bias: Tensor | None, kernel: 
     if not per_sample:
         padded = F.pad(x, [pl, pr, pt, pb]) if stride > 1 else x
         b = None if bias is None else bias.to(x.dtype)
-        return F.conv2d(padded, weight.to(x.dtype), b, stride, 0 if stride > 1 else kernel // 2, 1, C)
+        return _like(F.conv2d(padded, weight.to(x.dtype), b, stride, 0 if stride > 1 else kernel // 2, 1, C))
     y = torch.empty((B, C, Ho, Wo), dtype=x.dtype, memory_format=_CL)
     b = None if bias is None else bias.float().contiguous()
     _call("effnet_dw_fwd", x.dtype, x, _taps(weight, True, B, C, kernel), b, y, per_sample=True,
@@ -102,15 +111,15 @@ def depthwise_conv2d_backward_op(grad: Tensor, x: Tensor, weight: Tensor, kernel
         taps = torch.empty((B if per_sample else 1, kernel * kernel, C), dtype=torch.float32)
         _call("effnet_dw_bwd_weight", x.dtype, grad, x, taps, per_sample=per_sample, dims=dims)
         gw = taps.transpose(1, 2).reshape(weight.shape).to(weight.dtype)
-    return (gx if need_input else torch.empty(0, dtype=x.dtype),
-            gw if need_weight else torch.empty(0, dtype=weight.dtype))
+    return (_like(gx) if need_input else torch.empty(0, dtype=x.dtype),
+            _like(gw, weight) if need_weight else torch.empty(0, dtype=weight.dtype))
 
 
 @depthwise_conv2d_backward_op.register_fake
 def _(grad: Tensor, x: Tensor, weight: Tensor, kernel: int, stride: int, per_sample: bool,
       need_input: bool, need_weight: bool) -> tuple[Tensor, Tensor]:
     gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_CL) if need_input else x.new_empty(0)
-    return gx, weight.new_empty(weight.shape if need_weight else (0,))
+    return gx, torch.empty_like(weight) if need_weight else weight.new_empty(0)
 
 
 def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
