@@ -131,6 +131,15 @@ def loaded() -> ctypes.CDLL | None:
     return _lib if enabled() else None
 
 
+def library() -> ctypes.CDLL:
+    """The library for an op already chosen (in a compiled graph, say), whatever EFFNET_NATIVE says now:
+    the variable decides what new calls take, not what a traced graph runs. Builds it if needed."""
+    lib = _lib or load()
+    if lib is None:
+        raise RuntimeError(f"effnet native kernels: {status()}")
+    return lib
+
+
 def status() -> str:
     """One line: whether the native kernels are in use, and if not, why."""
     if not enabled():

@@ -1,6 +1,6 @@
-"""Depthwise convolution for training on the CPU: a custom op (`effnet::depthwise_conv2d`) with its own
-backward, which `effnet.layers` takes where `effnet.kernels.wanted` says (autograd recording a
-channels-last fp32 or bf16 input on the CPU).
+"""Depthwise convolution on the CPU, channels-last: a custom op (`effnet::depthwise_conv2d`) with its own
+backward, which `effnet.layers` takes where `effnet.kernels.wanted` says: static convs in training,
+CondConv's per-sample convs always (eager and under torch.compile, which calls the op as is).
 
 Which kernel computes what, from side-by-side timings against oneDNN on the shapes of the six models
 (batch 32, 160 px; 2-core AMD EPYC, Zen 4; `scripts/bench_depthwise.py`):
@@ -25,10 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..layers import same_padding
-from . import load
+from . import library
 
 _CL = torch.channels_last
-_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def geometry(height: int, width: int, kernel: int, stride: int) -> tuple[int, int, int, int, int, int]:
@@ -53,8 +52,7 @@ def _like(t: Tensor, layout: Tensor | None = None) -> Tensor:
 
 
 def _call(fn: str, dtype: torch.dtype, *tensors: Tensor | None, per_sample: bool, dims: tuple[int, ...]) -> None:
-    lib = load()
-    assert lib is not None, "effnet native kernels are not loaded"
+    lib = library()
     ptrs = [None if t is None else t.data_ptr() for t in tensors]
     code = getattr(lib, fn)(int(dtype == torch.bfloat16), *ptrs, int(per_sample), *dims, torch.get_num_threads())
     if code:
